@@ -1,0 +1,36 @@
+# gpu-passthrough: build, test, benchmark.
+#
+#   make test     install what the tests need (as root), build, run every test
+#   make build    statically linked release binaries in $(RELEASE_DIR)
+#   make bench    wrapper start-up cost and binary size, as figures
+#   make lint     rustfmt and clippy, as CI runs them
+
+CARGO        ?= cargo
+TRIPLE       := x86_64-unknown-linux-gnu
+RELEASE_DIR  := target/$(TRIPLE)/release
+BINARIES     := qemu-kvm-wrapper gpu-passthrough-hook gpu-passthrough
+
+.PHONY: all build setup test lint bench clean
+
+all: build
+
+build:
+	$(CARGO) build --release --workspace --locked
+
+setup:
+	scripts/setup
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
+
+# The integration tests run the workspace's binaries, so build them first.
+test: setup lint
+	$(CARGO) build --workspace --locked
+	$(CARGO) test --workspace --locked
+
+bench: build
+	bench/wrapper-startup
+
+clean:
+	$(CARGO) clean

@@ -1,0 +1,20 @@
+//! What the gpu-passthrough binaries know about a host.
+//!
+//! Every reader takes the root it reads from (`/sys`, `/proc`, a config path) so that
+//! tests can hand it a fake tree; production passes the real paths, which
+//! [`sysfs_root_from_env`] and [`config::path_from_env`] resolve.
+
+pub mod config;
+pub mod pci;
+
+use std::path::PathBuf;
+
+/// Environment variable that replaces `/sys` (tests, unusual hosts).
+pub const SYSFS_ENV: &str = "GPU_PASSTHROUGH_SYSFS";
+
+/// The sysfs root in force: `$GPU_PASSTHROUGH_SYSFS`, else `/sys`.
+pub fn sysfs_root_from_env() -> PathBuf {
+    std::env::var_os(SYSFS_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
+}

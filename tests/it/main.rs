@@ -1,0 +1,2 @@
+mod qmp;
+mod wrapper;

@@ -1,0 +1,420 @@
+//! qemu-kvm-wrapper, the built binary, in front of a stub "real qemu" that records the
+//! argv it was executed with.
+
+use std::ffi::OsString;
+use std::os::unix::ffi::OsStringExt;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use integration_tests::{
+    argv_recorder, bin, read_recorded, write_file, write_link, write_script, FakeSysfs,
+    PciFunction, Recorded,
+};
+use tempfile::TempDir;
+
+const GPU: &str = "0000:18:00.0";
+const GPU_AUDIO: &str = "0000:18:00.1";
+const NIC: &str = "0000:3b:00.0";
+
+/// A host for one test: a config file, a fake sysfs with a GPU (Titan Xp, both
+/// functions) and a NIC, and the recorder as the real qemu.
+struct Host {
+    dir: TempDir,
+    sysfs: FakeSysfs,
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sysfs = FakeSysfs::new(&dir.path().join("sys"));
+        for (address, device, class) in [(GPU, 0x1b02, 0x030000), (GPU_AUDIO, 0x10ef, 0x040300)] {
+            sysfs.add(&PciFunction {
+                address,
+                vendor: 0x10de,
+                device,
+                class,
+                driver: Some("vfio-pci"),
+                iommu_group: Some(30),
+            });
+        }
+        sysfs.add(&PciFunction {
+            address: NIC,
+            vendor: 0x8086,
+            device: 0x1572,
+            class: 0x020000,
+            driver: Some("vfio-pci"),
+            iommu_group: Some(31),
+        });
+        let host = Host { dir, sysfs };
+        host.config(&format!(
+            "[wrapper]\ntarget = {:?}\n",
+            argv_recorder().display()
+        ));
+        host
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn config(&self, text: &str) {
+        write_file(&self.path("config.toml"), text);
+    }
+
+    /// The recorder as target plus extra `[wrapper]` lines.
+    fn config_with(&self, extra: &str) {
+        self.config(&format!(
+            "[wrapper]\ntarget = {:?}\n{extra}",
+            argv_recorder().display()
+        ));
+    }
+
+    /// Run the wrapper with `args` after argv[0] (which is `argv0`).
+    fn run_as(&self, argv0: &str, args: &[OsString]) -> Output {
+        let _ = std::fs::remove_file(self.path("argv"));
+        Command::new(bin("qemu-kvm-wrapper"))
+            .arg0(argv0)
+            .args(args)
+            .env_clear()
+            .env("GPU_PASSTHROUGH_CONFIG", self.path("config.toml"))
+            .env("GPU_PASSTHROUGH_SYSFS", self.sysfs.root())
+            .env("ARGV_RECORDER_OUT", self.path("argv"))
+            .output()
+            .expect("run the wrapper")
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+        self.run_as("/usr/libexec/qemu-kvm", &args)
+    }
+
+    fn recorded(&self) -> Recorded {
+        read_recorded(&self.path("argv"))
+    }
+
+    fn recorded_args(&self) -> Vec<String> {
+        self.recorded()
+            .argv
+            .into_iter()
+            .map(|a| String::from_utf8(a).expect("utf-8 argv in this test"))
+            .collect()
+    }
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn words(s: &str) -> Vec<String> {
+    s.split(' ').map(str::to_owned).collect()
+}
+
+/// A libvirt 8.0 command line for a VM with the Titan Xp, legacy `-device` syntax.
+const GPU_VM: &str = "-name guest=gpu-vm,debug-threads=on -S -object secret,id=masterKey0 \
+    -machine pc-q35-rhel8.6.0,usb=off -accel kvm -cpu host,migratable=on -m 16384 \
+    -overcommit mem-lock=off -smp 8,sockets=8,cores=1,threads=1 -no-user-config -nodefaults \
+    -device vfio-pci,host=0000:18:00.0,id=hostdev0,bus=pci.5,addr=0x0 \
+    -device vfio-pci,host=0000:18:00.1,id=hostdev1,bus=pci.6,addr=0x0 -msg timestamp=on";
+
+#[test]
+fn a_gpu_vm_gets_kvm_hidden_and_one_line_says_so() {
+    let host = Host::new();
+    let out = host.run(&words(GPU_VM).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success(), "{}", stderr(&out));
+    let mut expected = words(GPU_VM);
+    expected.insert(0, "/usr/libexec/qemu-kvm".into());
+    let cpu = expected.iter().position(|w| w == "-cpu").expect("-cpu") + 1;
+    expected[cpu] = "host,kvm=off,hv-vendor-id=MyFake_KVM,migratable=on".into();
+    assert_eq!(
+        host.recorded_args(),
+        expected,
+        "argv[0] and all else unchanged"
+    );
+    let err = stderr(&out);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(
+            "-cpu host,migratable=on -> host,kvm=off,hv-vendor-id=MyFake_KVM,migratable=on"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains("0000:18:00.0 is a display controller"),
+        "{err}"
+    );
+}
+
+#[test]
+fn json_device_syntax_and_short_host_addresses_are_understood() {
+    let host = Host::new();
+    let json =
+        r#"{"driver":"vfio-pci","host":"0000:18:00.0","id":"hostdev0","bus":"pci.0","addr":"0x5"}"#;
+    host.run(&["-cpu", "Skylake-Server-IBRS,ss=on", "-device", json]);
+    assert_eq!(
+        host.recorded_args()[2],
+        "Skylake-Server-IBRS,kvm=off,hv-vendor-id=MyFake_KVM,ss=on"
+    );
+    host.run(&["-cpu", "host", "-device", "vfio-pci,host=18:00.0"]);
+    assert_eq!(
+        host.recorded_args()[2],
+        "host,kvm=off,hv-vendor-id=MyFake_KVM"
+    );
+}
+
+#[test]
+fn apply_to_decides_which_vms_change() {
+    let host = Host::new();
+    let nic_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:3b:00.0"];
+    let plain_vm = ["-cpu", "host", "-device", "virtio-net-pci,netdev=n0"];
+    let gpu_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:18:00.0"];
+    let rewritten = "host,kvm=off,hv-vendor-id=MyFake_KVM";
+    let cases: [(&str, &[&str], &str); 8] = [
+        ("gpu", &nic_vm, "host"),
+        ("gpu", &plain_vm, "host"),
+        ("gpu", &gpu_vm, rewritten),
+        ("vfio", &nic_vm, rewritten),
+        ("vfio", &plain_vm, "host"),
+        ("all", &plain_vm, rewritten),
+        ("none", &gpu_vm, "host"),
+        ("none", &plain_vm, "host"),
+    ];
+    for (apply_to, args, cpu) in cases {
+        host.config_with(&format!("apply_to = {apply_to:?}\n"));
+        let out = host.run(args);
+        assert!(out.status.success());
+        assert_eq!(host.recorded_args()[2], cpu, "apply_to={apply_to} {args:?}");
+        assert_eq!(
+            stderr(&out).is_empty(),
+            cpu == "host",
+            "a line exactly when it rewrites: {}",
+            stderr(&out)
+        );
+    }
+}
+
+#[test]
+fn configured_vendor_id_and_hide_kvm_false() {
+    let host = Host::new();
+    host.config_with("hv_vendor_id = \"0123456789ab\"\nhide_kvm = false\napply_to = \"all\"\n");
+    host.run(&["-cpu", "host,kvm=on"]);
+    assert_eq!(
+        host.recorded_args()[2],
+        "host,hv-vendor-id=0123456789ab,kvm=on"
+    );
+}
+
+#[test]
+fn the_capability_probe_passes_through_untouched_and_silent() {
+    let host = Host::new();
+    host.config_with("apply_to = \"all\"\n");
+    let probe = "-S -no-user-config -nodefaults -nographic -machine none,accel=kvm:tcg \
+        -qmp unix:/var/lib/libvirt/qemu/qmp-abc/qmp.monitor,server=on,wait=off \
+        -pidfile /var/lib/libvirt/qemu/qmp-abc/qmp.pid -daemonize";
+    let out = host.run(&words(probe).iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.status.success());
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    let mut expected = words(probe);
+    expected.insert(0, "/usr/libexec/qemu-kvm".into());
+    assert_eq!(host.recorded_args(), expected);
+}
+
+#[test]
+fn non_utf8_arguments_and_two_cpu_options_arrive_byte_for_byte() {
+    let host = Host::new();
+    host.config_with("apply_to = \"all\"\n");
+    let raw = |b: &[u8]| OsString::from_vec(b.to_vec());
+    let args = vec![
+        raw(b"-name"),
+        raw(b"guest=caf\xe9\xff"),
+        raw(b"-cpu"),
+        raw(b"host,model-id=\xfe\xfd"),
+        raw(b""),
+        raw(b"-cpu"),
+        raw(b"max,hv_vendor_id=mine"),
+        raw(b"-append"),
+        raw(b"console=ttyS0 \x80"),
+    ];
+    let out = host.run_as("qemu-\u{e9}", &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let recorded = host.recorded();
+    let mut expected: Vec<Vec<u8>> = vec!["qemu-\u{e9}".as_bytes().to_vec()];
+    expected.extend(args.iter().map(|a| a.clone().into_vec()));
+    expected[4] = b"host,kvm=off,hv-vendor-id=MyFake_KVM,model-id=\xfe\xfd".to_vec();
+    expected[7] = b"max,kvm=off,hv_vendor_id=mine".to_vec();
+    assert_eq!(recorded.argv, expected);
+    assert_eq!(
+        stderr(&out).lines().count(),
+        1,
+        "one line for both: {}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn help_is_left_alone() {
+    let host = Host::new();
+    host.config_with("apply_to = \"all\"\n");
+    for value in ["help", "?"] {
+        let out = host.run(&["-cpu", value]);
+        assert_eq!(host.recorded_args()[2], value);
+        assert!(out.stderr.is_empty());
+    }
+}
+
+#[test]
+fn a_bad_value_is_one_warning_and_the_rest_still_applies() {
+    let host = Host::new();
+    host.config_with("hv_vendor_id = \"much_too_long_id\"\nhide_kvm = false\napply_to = \"all\"\n");
+    let out = host.run(&["-cpu", "host"]);
+    assert!(out.status.success());
+    assert_eq!(host.recorded_args()[2], "host,hv-vendor-id=MyFake_KVM");
+    let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(lines.len(), 2, "the warning and the rewrite: {err}");
+    assert!(
+        lines[0].contains("config.toml: line 3: wrapper.hv_vendor_id:"),
+        "{err}"
+    );
+    assert!(lines[0].contains("using the defaults"), "{err}");
+}
+
+#[test]
+fn a_file_that_is_not_toml_means_defaults_never_a_refused_start() {
+    let host = Host::new();
+    // Nothing in the file can be trusted, so the target is the default one, which this
+    // machine lacks: the warning comes first, then the usual exit 127.
+    host.config("[wrapper\ntarget = 1");
+    let out = host.run(&["-cpu", "host"]);
+    let err = stderr(&out);
+    assert!(
+        err.lines()
+            .next()
+            .is_some_and(|l| l.contains("config.toml: line 1: not valid TOML")),
+        "{err}"
+    );
+    if Path::new("/usr/libexec/qemu-kvm.orig").exists() {
+        return;
+    }
+    assert_eq!(out.status.code(), Some(127));
+    assert!(err.contains("/usr/libexec/qemu-kvm.orig"), "{err}");
+}
+
+#[test]
+fn an_unreadable_config_is_a_warning_and_defaults() {
+    let host = Host::new();
+    // A directory where the file should be: reading fails with EISDIR, even for root.
+    let dir = host.path("config.d");
+    std::fs::create_dir(&dir).expect("mkdir");
+    let out = Command::new(bin("qemu-kvm-wrapper"))
+        .args(["-version"])
+        .env_clear()
+        .env("GPU_PASSTHROUGH_CONFIG", &dir)
+        .output()
+        .expect("run");
+    let err = stderr(&out);
+    assert!(
+        err.contains(&format!("cannot read {}", dir.display())),
+        "{err}"
+    );
+    assert!(err.contains("using the defaults"), "{err}");
+}
+
+#[test]
+fn an_unreadable_class_counts_as_a_gpu_and_says_why() {
+    let host = Host::new();
+    host.sysfs
+        .make_unreadable(&format!("devices/pci0000:3b/{NIC}/class"))
+        .expect("make class unreadable");
+    let out = host.run(&["-cpu", "host", "-device", "vfio-pci,host=0000:3b:00.0"]);
+    assert_eq!(
+        host.recorded_args()[2],
+        "host,kvm=off,hv-vendor-id=MyFake_KVM"
+    );
+    let err = stderr(&out);
+    assert!(
+        err.contains("0000:3b:00.0 counted as a GPU: cannot read its class"),
+        "{err}"
+    );
+}
+
+#[test]
+fn the_real_qemus_exit_status_and_environment_come_through() {
+    let host = Host::new();
+    let out = Command::new(bin("qemu-kvm-wrapper"))
+        .args(["-S"])
+        .env("GPU_PASSTHROUGH_CONFIG", host.path("config.toml"))
+        .env("ARGV_RECORDER_OUT", host.path("argv"))
+        .env("ARGV_RECORDER_EXIT", "7")
+        .output()
+        .expect("run");
+    assert_eq!(
+        out.status.code(),
+        Some(7),
+        "the wrapper is replaced, not a parent"
+    );
+    assert_eq!(
+        host.recorded().guard.as_deref(),
+        Some(argv_recorder().to_str().expect("utf-8 path"))
+    );
+}
+
+fn assert_cannot_exec(out: &Output, target: &Path, why: &str) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.contains(&format!(
+            "cannot execute the real qemu {}",
+            target.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains(why), "{err}");
+    assert!(
+        err.contains("gpu-passthrough divert"),
+        "names the repair: {err}"
+    );
+}
+
+#[test]
+fn a_missing_target_is_exit_127_naming_path_and_repair() {
+    let host = Host::new();
+    let target = host.path("no-such-qemu");
+    host.config(&format!("[wrapper]\ntarget = {:?}\n", target.display()));
+    assert_cannot_exec(&host.run(&["-S"]), &target, "No such file or directory");
+}
+
+#[test]
+fn a_target_that_is_not_executable_is_exit_127() {
+    let host = Host::new();
+    let target = host.path("qemu-not-executable");
+    write_file(&target, "not a program");
+    host.config(&format!("[wrapper]\ntarget = {:?}\n", target.display()));
+    assert_cannot_exec(&host.run(&["-S"]), &target, "Permission denied");
+}
+
+#[test]
+fn a_target_that_is_the_wrapper_itself_is_refused_not_looped() {
+    let host = Host::new();
+    let target = host.path("qemu-kvm.orig");
+    write_link(&target, bin("qemu-kvm-wrapper"));
+    host.config(&format!("[wrapper]\ntarget = {:?}\n", target.display()));
+    assert_cannot_exec(&host.run(&["-S"]), &target, "is this wrapper itself");
+}
+
+#[test]
+fn a_target_that_leads_back_to_the_wrapper_is_refused_not_looped() {
+    let host = Host::new();
+    let target = host.path("qemu-script");
+    write_script(
+        &target,
+        &format!(
+            "#!/bin/sh\nexec {} \"$@\"\n",
+            bin("qemu-kvm-wrapper").display()
+        ),
+    );
+    host.config(&format!("[wrapper]\ntarget = {:?}\n", target.display()));
+    let out = host.run(&["-S"]);
+    assert_cannot_exec(&out, &target, "led back to this wrapper");
+}

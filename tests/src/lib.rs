@@ -1,0 +1,215 @@
+//! Helpers shared by the suite's tests: where the built binaries are, fake host trees
+//! shaped like a real host's sysfs, and prerequisites that must fail in CI.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+/// The directory cargo put this workspace's binaries in (`target/<triple>/<profile>`),
+/// found from the running test executable (`.../<profile>/deps/it-HASH`).
+pub fn bin_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("the test executable has a path");
+    let deps = exe.parent().expect("the test executable lives in deps/");
+    deps.parent()
+        .expect("deps/ lives in the profile directory")
+        .to_owned()
+}
+
+/// A built binary of the workspace. Panics, naming the fix, when it was not built.
+pub fn bin(name: &str) -> PathBuf {
+    let path = bin_dir().join(name);
+    assert!(
+        path.is_file(),
+        "{} is missing: build the workspace first (`cargo build --workspace`, which `make test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Whether a missing prerequisite must fail the test (in CI) rather than skip it.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Skip (outside CI, with one loud line) or fail (in CI) for a missing prerequisite.
+/// Returns `true` when the caller should return early.
+pub fn missing_prerequisite(what: &str) -> bool {
+    assert!(!in_ci(), "prerequisite missing in CI: {what}");
+    eprintln!("SKIP: {what}");
+    true
+}
+
+/// Find an executable on PATH.
+pub fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH")?;
+    std::env::split_paths(&path)
+        .map(|dir| dir.join(name))
+        .find(|p| {
+            p.metadata()
+                .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+        })
+}
+
+/// Write `contents` to `path`, creating parent directories. Panics naming the path.
+pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
+    if let Some(parent) = path.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+    }
+    fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+}
+
+/// Make `link` a symlink to `target`, creating parent directories. Panics naming both.
+pub fn write_link(link: &Path, target: impl AsRef<Path>) {
+    let target = target.as_ref();
+    if let Some(parent) = link.parent() {
+        fs::create_dir_all(parent)
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
+    }
+    symlink(target, link).unwrap_or_else(|e| {
+        panic!(
+            "cannot link {} -> {}: {e}",
+            link.display(),
+            target.display()
+        )
+    });
+}
+
+/// Write an executable script.
+pub fn write_script(path: &Path, text: &str) {
+    write_file(path, text);
+    fs::set_permissions(path, fs::Permissions::from_mode(0o755))
+        .unwrap_or_else(|e| panic!("cannot chmod {}: {e}", path.display()));
+}
+
+/// One PCI function of a fake host.
+#[derive(Debug, Clone)]
+pub struct PciFunction<'a> {
+    /// `0000:18:00.0`
+    pub address: &'a str,
+    pub vendor: u16,
+    pub device: u16,
+    /// 24-bit class code, e.g. 0x030000 for VGA.
+    pub class: u32,
+    pub driver: Option<&'a str>,
+    pub iommu_group: Option<u32>,
+}
+
+/// A fake sysfs tree laid out like a real host's: the function's directory under
+/// `devices/pci0000:BB/`, a `bus/pci/devices/ADDR` link to it, `driver` and
+/// `iommu_group` links, `kernel/iommu_groups/N/devices/ADDR` links back.
+#[derive(Debug)]
+pub struct FakeSysfs {
+    root: PathBuf,
+}
+
+impl FakeSysfs {
+    pub fn new(root: &Path) -> Self {
+        fs::create_dir_all(root.join("bus/pci/devices"))
+            .unwrap_or_else(|e| panic!("cannot create {}: {e}", root.display()));
+        FakeSysfs {
+            root: root.to_owned(),
+        }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The function's real directory (what `bus/pci/devices/ADDR` points to).
+    pub fn device_dir(&self, address: &str) -> PathBuf {
+        let (domain_bus, _) = address.rsplit_once(':').expect("address DDDD:BB:DD.F");
+        self.root
+            .join(format!("devices/pci{domain_bus}"))
+            .join(address)
+    }
+
+    pub fn add(&self, f: &PciFunction<'_>) -> &Self {
+        let dir = self.device_dir(f.address);
+        write_file(&dir.join("vendor"), format!("0x{:04x}\n", f.vendor));
+        write_file(&dir.join("device"), format!("0x{:04x}\n", f.device));
+        write_file(&dir.join("class"), format!("0x{:06x}\n", f.class));
+        let rel = dir.strip_prefix(&self.root).expect("dir is under root");
+        write_link(
+            &self.root.join("bus/pci/devices").join(f.address),
+            Path::new("../../..").join(rel),
+        );
+        if let Some(driver) = f.driver {
+            let driver_dir = self.root.join("bus/pci/drivers").join(driver);
+            fs::create_dir_all(&driver_dir).expect("create driver dir");
+            let up = "../".repeat(rel.components().count());
+            write_link(&dir.join("driver"), format!("{up}bus/pci/drivers/{driver}"));
+        }
+        if let Some(group) = f.iommu_group {
+            let group_dir = self
+                .root
+                .join(format!("kernel/iommu_groups/{group}/devices"));
+            fs::create_dir_all(&group_dir).expect("create group dir");
+            let up = "../".repeat(rel.components().count());
+            write_link(
+                &dir.join("iommu_group"),
+                format!("{up}kernel/iommu_groups/{group}"),
+            );
+            write_link(
+                &group_dir.join(f.address),
+                format!("../../../../{}", rel.display()),
+            );
+        }
+        self
+    }
+
+    /// Make a file of the tree unreadable (as SELinux would) by replacing it with a
+    /// directory: reading it fails even for root, which ignores file modes.
+    pub fn make_unreadable(&self, relative: &str) -> io::Result<()> {
+        let path = self.root.join(relative);
+        fs::remove_file(&path)?;
+        fs::create_dir(&path)
+    }
+}
+
+/// The argv recorder (tests/fixtures/argv-recorder.c), compiled statically once per
+/// build directory: a stand-in for the real qemu that writes down its argv.
+pub fn argv_recorder() -> PathBuf {
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    BUILT
+        .get_or_init(|| {
+            let source = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/argv-recorder.c");
+            let out = bin_dir().join("argv-recorder");
+            compile_c(&source, &out);
+            out
+        })
+        .clone()
+}
+
+/// Compile one C file into a static executable with gcc. The result is renamed into
+/// place, so parallel test processes never see a half-written binary.
+pub fn compile_c(source: &Path, out: &Path) {
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let status = std::process::Command::new("gcc")
+        .args(["-O2", "-static", "-o"])
+        .arg(&tmp)
+        .arg(source)
+        .status()
+        .unwrap_or_else(|e| panic!("cannot run gcc (install build-essential): {e}"));
+    assert!(status.success(), "gcc failed on {}", source.display());
+    fs::rename(&tmp, out).unwrap_or_else(|e| panic!("cannot rename to {}: {e}", out.display()));
+}
+
+/// What the argv recorder wrote: the argv it got, and the loop-guard variable if set.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Recorded {
+    pub argv: Vec<Vec<u8>>,
+    pub guard: Option<String>,
+}
+
+pub fn read_recorded(path: &Path) -> Recorded {
+    let bytes =
+        fs::read(path).unwrap_or_else(|e| panic!("the stub left no {}: {e}", path.display()));
+    let mut parts: Vec<Vec<u8>> = bytes.split(|&b| b == 0).map(<[u8]>::to_vec).collect();
+    let tail = parts.pop().expect("split yields at least one part");
+    let guard = tail
+        .strip_prefix(b"env GPU_PASSTHROUGH_WRAPPER_ACTIVE=")
+        .map(|v| String::from_utf8_lossy(v).into_owned());
+    Recorded { argv: parts, guard }
+}
