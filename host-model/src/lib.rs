@@ -4,8 +4,18 @@
 //! tests can hand it a fake tree; production passes the real paths, which
 //! [`sysfs_root_from_env`] and [`config::path_from_env`] resolve.
 
+#[cfg(feature = "host")]
+pub mod checks;
 pub mod config;
+#[cfg(feature = "host")]
+pub mod domain;
+#[cfg(feature = "host")]
+pub mod libvirt;
+#[cfg(feature = "host")]
+pub mod memory;
 pub mod pci;
+#[cfg(feature = "host")]
+pub mod pciids;
 
 use std::path::PathBuf;
 
@@ -17,4 +27,14 @@ pub fn sysfs_root_from_env() -> PathBuf {
     std::env::var_os(SYSFS_ENV)
         .filter(|p| !p.is_empty())
         .map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
+}
+
+/// Environment variable that replaces `/proc` (tests, unusual hosts).
+pub const PROC_ENV: &str = "GPU_PASSTHROUGH_PROC";
+
+/// The procfs root in force: `$GPU_PASSTHROUGH_PROC`, else `/proc`.
+pub fn proc_root_from_env() -> PathBuf {
+    std::env::var_os(PROC_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from("/proc"), PathBuf::from)
 }

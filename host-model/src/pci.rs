@@ -101,6 +101,114 @@ pub fn base_class(class: u32) -> u8 {
     (class >> 16) as u8
 }
 
+/// PCI class 0x0604: PCI-to-PCI bridge. VFIO lets bridges share a group with a
+/// passed-through device.
+pub fn is_pci_bridge(class: u32) -> bool {
+    class >> 8 == 0x0604
+}
+
+/// One PCI function as sysfs describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PciFunction {
+    pub address: PciAddress,
+    pub vendor_id: u16,
+    pub device_id: u16,
+    pub class: u32,
+    /// The bound driver's name (the `driver` link), if any.
+    pub driver: Option<String>,
+    /// The IOMMU group number (the `iommu_group` link), if the IOMMU is on.
+    pub iommu_group: Option<u32>,
+    /// `sriov_totalvfs` > 0: a physical function that can have virtual functions.
+    pub sriov_capable: bool,
+    /// A `physfn` link: this is a virtual function.
+    pub is_virtual_function: bool,
+    /// `numa_node`; `None` for -1 or absent.
+    pub numa_node: Option<u32>,
+}
+
+impl PciFunction {
+    /// Read the function at `address` from `SYSFS/bus/pci/devices/ADDR`.
+    pub fn read(sysfs: &Path, address: PciAddress) -> io::Result<PciFunction> {
+        let dir = address.sysfs_dir(sysfs);
+        let hex_file = |name: &str| -> io::Result<u32> {
+            let path = dir.join(name);
+            let text = std::fs::read_to_string(&path)?;
+            let t = text.trim();
+            u32::from_str_radix(t.strip_prefix("0x").unwrap_or(t), 16).map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{} holds {t:?}, not a hex number", path.display()),
+                )
+            })
+        };
+        let link_name = |name: &str| {
+            std::fs::read_link(dir.join(name))
+                .ok()
+                .and_then(|t| t.file_name().map(|n| n.to_string_lossy().into_owned()))
+        };
+        let number_file = |name: &str| {
+            std::fs::read_to_string(dir.join(name))
+                .ok()
+                .and_then(|t| t.trim().parse::<i64>().ok())
+        };
+        Ok(PciFunction {
+            address,
+            vendor_id: hex_file("vendor")? as u16,
+            device_id: hex_file("device")? as u16,
+            class: hex_file("class")?,
+            driver: link_name("driver"),
+            iommu_group: link_name("iommu_group").and_then(|n| n.parse().ok()),
+            sriov_capable: number_file("sriov_totalvfs").is_some_and(|n| n > 0),
+            is_virtual_function: dir.join("physfn").symlink_metadata().is_ok(),
+            numa_node: number_file("numa_node")
+                .filter(|n| *n >= 0)
+                .map(|n| n as u32),
+        })
+    }
+
+    /// `10de:1b02`
+    pub fn ids(&self) -> String {
+        format!("{:04x}:{:04x}", self.vendor_id, self.device_id)
+    }
+}
+
+/// Whether a function exists at `address`.
+pub fn exists(sysfs: &Path, address: &PciAddress) -> bool {
+    address.sysfs_dir(sysfs).exists()
+}
+
+/// Every PCI function of the host, sorted by address. Entries of
+/// `bus/pci/devices` that are not addresses are skipped.
+pub fn list_addresses(sysfs: &Path) -> io::Result<Vec<PciAddress>> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(sysfs.join("bus/pci/devices"))? {
+        if let Ok(addr) = entry?.file_name().to_string_lossy().parse() {
+            found.push(addr);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// The members of IOMMU group `group`, from `SYSFS/kernel/iommu_groups/N/devices`.
+pub fn iommu_group_members(sysfs: &Path, group: u32) -> io::Result<Vec<PciAddress>> {
+    let dir = sysfs.join(format!("kernel/iommu_groups/{group}/devices"));
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(dir)? {
+        if let Ok(addr) = entry?.file_name().to_string_lossy().parse() {
+            found.push(addr);
+        }
+    }
+    found.sort();
+    Ok(found)
+}
+
+/// Whether the kernel has put devices into IOMMU groups: the IOMMU is on.
+pub fn iommu_active(sysfs: &Path) -> bool {
+    std::fs::read_dir(sysfs.join("kernel/iommu_groups"))
+        .is_ok_and(|mut entries| entries.next().is_some())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

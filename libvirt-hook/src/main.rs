@@ -1,10 +1,279 @@
-//! gpu-passthrough-hook: libvirt's qemu hook (issue 3, not built yet).
+//! gpu-passthrough-hook: libvirt's qemu hook, installed as
+//! /etc/libvirt/hooks/qemu.d/gpu-passthrough.
 //!
-//! Until the checks exist it does nothing and exits 0: a hook that fails on anything
-//! but `prepare` makes libvirt kill running VMs.
+//! libvirtd runs it as `HOOK DOMAIN OPERATION SUB_OPERATION EXTRA` with the domain XML
+//! on stdin. At `prepare begin`, for a domain with PCI host devices, it checks that the
+//! start can work (see `host_model::checks`) and, in enforce mode, refuses it with one
+//! paragraph on stderr that virsh and Nova show. Every other call exits 0 at once: a
+//! failing hook at `reconnect` makes libvirtd kill the running VM. It never calls virsh
+//! or the libvirt API, which would deadlock libvirtd.
 
+use std::ffi::OsString;
+use std::io::{self, Read, Write};
+use std::path::Path;
 use std::process::ExitCode;
 
+use host_model::checks::{check_domain, HostPaths, Report, Severity};
+use host_model::config::{self, HookMode};
+use host_model::domain::Domain;
+
+const NAME: &str = "gpu-passthrough-hook";
+
+const HELP: &str = "\
+gpu-passthrough-hook: libvirt qemu hook that refuses VM starts that cannot work
+
+USAGE:
+    gpu-passthrough-hook DOMAIN OPERATION SUB_OPERATION EXTRA < domain.xml
+    gpu-passthrough-hook --check-xml FILE|-
+
+libvirtd runs the first form (install it as /etc/libvirt/hooks/qemu.d/gpu-passthrough
+and restart libvirtd). At `prepare begin`, for a domain with PCI <hostdev>s, it checks:
+the IOMMU is on; each device exists; managed='no' devices are on vfio-pci; each IOMMU
+group is complete; no device is held by another running domain; the host can pin the
+VM's memory; memtune hard_limit >= memory + 1 GiB; huge pages are free. Every other
+operation exits 0 at once.
+
+--check-xml runs the same checks on a saved domain XML (`virsh dumpxml NAME`, or - for
+stdin) and prints one PASS/WARN/FAIL line per check.
+
+CONFIG: [hook] in /etc/gpu-passthrough/config.toml ($GPU_PASSTHROUGH_CONFIG):
+    mode = \"enforce\" | \"warn\" | \"off\"     reserved_host_memory_mib = 4096
+
+EXIT STATUS: 0 start allowed, 1 start refused (or --check-xml found a FAIL), 2 usage.
+";
+
 fn main() -> ExitCode {
-    ExitCode::SUCCESS
+    let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+    let first = args.first().and_then(|a| a.to_str());
+    match first {
+        Some("--help" | "-h") => {
+            print!("{HELP}");
+            ExitCode::SUCCESS
+        }
+        Some("--version" | "-V") => {
+            println!("{NAME} {}", env!("CARGO_PKG_VERSION"));
+            ExitCode::SUCCESS
+        }
+        Some("--check-xml") => match &args[1..] {
+            [file] => check_xml(Path::new(file)),
+            _ => usage("--check-xml takes one argument: a domain XML file, or - for stdin"),
+        },
+        Some(flag) if flag.starts_with('-') => usage(&format!("unknown option {flag:?}")),
+        _ => {
+            // libvirt: DOMAIN OPERATION SUB_OPERATION EXTRA. Only `prepare begin` may
+            // ever fail; everything else leaves at once, without reading stdin.
+            let op = |i: usize| args.get(i).and_then(|a| a.to_str());
+            if op(1) != Some("prepare") || op(2) != Some("begin") {
+                return ExitCode::SUCCESS;
+            }
+            let name = args[0].to_string_lossy().into_owned();
+            prepare(&name)
+        }
+    }
+}
+
+fn usage(message: &str) -> ExitCode {
+    eprintln!("{NAME}: {message}\nRun `{NAME} --help` for usage.");
+    ExitCode::from(2)
+}
+
+/// `prepare begin`: check the domain on stdin; refuse it in enforce mode.
+fn prepare(name: &str) -> ExitCode {
+    std::panic::set_hook(Box::new(|info| {
+        let _ = writeln!(
+            io::stderr(),
+            "{NAME}: internal error, please report it: {info}. To start VMs meanwhile, set \
+             [hook] mode = \"off\" in {}",
+            config::path_from_env().display()
+        );
+    }));
+    let log = Log::open();
+    let refuse = |message: String| {
+        log.refusal(&message);
+        ExitCode::from(1)
+    };
+
+    let mut xml = Vec::new();
+    if let Err(e) = io::stdin().read_to_end(&mut xml) {
+        return refuse(format!("cannot read domain '{name}' from stdin: {e}"));
+    }
+    // The common case, a VM without host devices, needs no parsing at all.
+    if !xml.windows(8).any(|w| w == b"<hostdev") {
+        return ExitCode::SUCCESS;
+    }
+    let config_path = config::path_from_env();
+    let config = match config::load(&config_path) {
+        Ok(config) => config.hook,
+        Err(e) => {
+            return refuse(format!(
+                "refusing to start domain '{name}': the configuration is broken: {e}. Fix the \
+                 file (or move it away to use the defaults)"
+            ))
+        }
+    };
+    if config.mode == HookMode::Off {
+        return ExitCode::SUCCESS;
+    }
+    let domain = match std::str::from_utf8(&xml)
+        .map_err(|e| format!("not UTF-8: {e}"))
+        .and_then(|text| Domain::from_xml(text).map_err(|e| e.to_string()))
+    {
+        Ok(domain) => domain,
+        Err(e) => {
+            let message = format!(
+                "domain '{name}': its XML does not parse ({e}), so it is unknown whether its \
+                 host devices can work"
+            );
+            return match config.mode {
+                HookMode::Enforce => refuse(format!(
+                    "refusing to start {message}. Fix: report the XML with this message; to \
+                     start it anyway, set [hook] mode = \"warn\" in {}",
+                    config_path.display()
+                )),
+                _ => {
+                    log.warning(&message);
+                    ExitCode::SUCCESS
+                }
+            };
+        }
+    };
+    if domain.hostdevs.is_empty() {
+        return ExitCode::SUCCESS;
+    }
+
+    let report = check_domain(&domain, &HostPaths::from_env(), &config);
+    match (report.worst(), config.mode) {
+        (Severity::Fail, HookMode::Enforce) => refuse(refusal_paragraph(&report, &config_path)),
+        (Severity::Pass, _) => {
+            log.info(&format!(
+                "domain {}: {} host device(s), every check passed",
+                report.domain,
+                domain.hostdevs.len()
+            ));
+            ExitCode::SUCCESS
+        }
+        _ => {
+            let mut text = format!("domain {}: starting despite:", report.domain);
+            for finding in report.at_least(Severity::Warn) {
+                text.push_str(&format!("\n  {finding}"));
+            }
+            log.warning(&text);
+            ExitCode::SUCCESS
+        }
+    }
+}
+
+/// The one stderr paragraph that virsh shows: the domain, each problem with its device
+/// and fix, and how to override.
+fn refusal_paragraph(report: &Report, config_path: &Path) -> String {
+    let mut text = format!("refusing to start domain {}:", report.domain);
+    for finding in report.at_least(Severity::Fail) {
+        text.push_str(&format!("\n  {finding}"));
+    }
+    text.push_str(&format!(
+        "\nTo start it anyway, set [hook] mode = \"warn\" in {}.",
+        config_path.display()
+    ));
+    text
+}
+
+/// `--check-xml FILE|-`: the same checks, as a report for operators.
+fn check_xml(file: &Path) -> ExitCode {
+    let (source, text) = if file == Path::new("-") {
+        let mut text = String::new();
+        let read = io::stdin().read_to_string(&mut text);
+        ("stdin".to_owned(), read.map(|_| text))
+    } else {
+        (file.display().to_string(), std::fs::read_to_string(file))
+    };
+    let text = match text {
+        Ok(text) => text,
+        Err(e) => return fail(&format!("cannot read {source}: {e}")),
+    };
+    let domain = match Domain::from_xml(&text) {
+        Ok(domain) => domain,
+        Err(e) => return fail(&format!("{source}: {e}")),
+    };
+    let config_path = config::path_from_env();
+    let config = match config::load(&config_path) {
+        Ok(config) => config.hook,
+        Err(e) => return fail(&e.to_string()),
+    };
+    if domain.hostdevs.is_empty() {
+        println!(
+            "domain '{}' has no PCI host devices: the hook lets it start without checks",
+            domain.name
+        );
+        return ExitCode::SUCCESS;
+    }
+    let report = check_domain(&domain, &HostPaths::from_env(), &config);
+    println!("domain {}:", report.domain);
+    for finding in &report.findings {
+        println!("{finding}");
+    }
+    let fails = report.at_least(Severity::Fail).count();
+    let warns = report
+        .findings
+        .iter()
+        .filter(|f| f.severity == Severity::Warn)
+        .count();
+    let verdict = match (fails, config.mode) {
+        (0, _) => "the hook would let it start".to_owned(),
+        (_, HookMode::Enforce) => "the hook would refuse to start it".to_owned(),
+        (_, mode) => format!("the hook would let it start (mode {mode:?}), but it will not work"),
+    };
+    println!("{fails} FAIL, {warns} WARN: {verdict}");
+    if fails > 0 {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("{NAME}: {message}");
+    ExitCode::from(1)
+}
+
+/// Where the hook's messages go: journald (identifier gpu-passthrough-hook) when it is
+/// there, stderr otherwise. A refusal always goes to stderr too, because virsh shows it.
+struct Log {
+    journald: bool,
+}
+
+impl Log {
+    fn open() -> Self {
+        use tracing_subscriber::prelude::*;
+        let journald = tracing_journald::layer()
+            .map(|layer| layer.with_syslog_identifier(NAME.to_owned()))
+            .ok()
+            .is_some_and(|layer| {
+                tracing_subscriber::registry()
+                    .with(layer)
+                    .try_init()
+                    .is_ok()
+            });
+        Log { journald }
+    }
+
+    fn refusal(&self, message: &str) {
+        if self.journald {
+            tracing::error!("{message}");
+        }
+        let _ = writeln!(io::stderr(), "{NAME}: {message}");
+    }
+
+    fn warning(&self, message: &str) {
+        if self.journald {
+            tracing::warn!("{message}");
+        } else {
+            let _ = writeln!(io::stderr(), "{NAME}: {message}");
+        }
+    }
+
+    fn info(&self, message: &str) {
+        if self.journald {
+            tracing::info!("{message}");
+        }
+    }
 }

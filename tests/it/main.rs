@@ -1,2 +1,3 @@
+mod hook;
 mod qmp;
 mod wrapper;

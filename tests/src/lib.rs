@@ -60,9 +60,13 @@ pub fn write_file(path: &Path, contents: impl AsRef<[u8]>) {
     fs::write(path, contents).unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
 }
 
-/// Make `link` a symlink to `target`, creating parent directories. Panics naming both.
+/// Make `link` a symlink to `target`, replacing what is there and creating parent
+/// directories. Panics naming both.
 pub fn write_link(link: &Path, target: impl AsRef<Path>) {
     let target = target.as_ref();
+    if link.symlink_metadata().is_ok() {
+        fs::remove_file(link).unwrap_or_else(|e| panic!("cannot replace {}: {e}", link.display()));
+    }
     if let Some(parent) = link.parent() {
         fs::create_dir_all(parent)
             .unwrap_or_else(|e| panic!("cannot create {}: {e}", parent.display()));
@@ -125,6 +129,7 @@ impl FakeSysfs {
             .join(address)
     }
 
+    /// Add the function, or replace what an earlier `add` said about it.
     pub fn add(&self, f: &PciFunction<'_>) -> &Self {
         let dir = self.device_dir(f.address);
         write_file(&dir.join("vendor"), format!("0x{:04x}\n", f.vendor));
@@ -135,6 +140,9 @@ impl FakeSysfs {
             &self.root.join("bus/pci/devices").join(f.address),
             Path::new("../../..").join(rel),
         );
+        for link in ["driver", "iommu_group"] {
+            let _ = fs::remove_file(dir.join(link));
+        }
         if let Some(driver) = f.driver {
             let driver_dir = self.root.join("bus/pci/drivers").join(driver);
             fs::create_dir_all(&driver_dir).expect("create driver dir");

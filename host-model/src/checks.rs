@@ -1,0 +1,591 @@
+//! Can this domain with host PCI devices start on this host? The checks behind the
+//! libvirt hook's `prepare begin` and its `--check-xml` report.
+//!
+//! Each check gives a [`Finding`]: PASS, WARN or FAIL, with what is wrong and how to fix
+//! it. The checks only read files (sysfs, procfs, libvirt's status files, pci.ids); they
+//! never talk to libvirt.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use crate::config::HookConfig;
+use crate::domain::Domain;
+use crate::libvirt::running_domains;
+use crate::memory::{free_hugepages, human, parse_nodeset, MemInfo};
+use crate::pci::{self, PciAddress, PciFunction};
+use crate::pciids;
+
+/// Where the checks read the host from.
+#[derive(Debug, Clone)]
+pub struct HostPaths {
+    pub sysfs: PathBuf,
+    pub proc_root: PathBuf,
+    pub libvirt_run: PathBuf,
+    pub pci_ids: Option<PathBuf>,
+}
+
+impl HostPaths {
+    /// The real host, or what the `GPU_PASSTHROUGH_*` variables point to.
+    pub fn from_env() -> Self {
+        HostPaths {
+            sysfs: crate::sysfs_root_from_env(),
+            proc_root: crate::proc_root_from_env(),
+            libvirt_run: crate::libvirt::run_dir_from_env(),
+            pci_ids: pciids::path_from_env(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Severity {
+    Pass,
+    Warn,
+    Fail,
+}
+
+impl fmt::Display for Severity {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Severity::Pass => "PASS",
+            Severity::Warn => "WARN",
+            Severity::Fail => "FAIL",
+        })
+    }
+}
+
+/// One verdict.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// Short name of the check: `iommu`, `device`, `driver`, `iommu-group`, `in-use`,
+    /// `memory`, `hard-limit`, `hugepages`, `balloon`, `host-state`.
+    pub check: &'static str,
+    /// The device, described: `0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp])`.
+    pub device: Option<String>,
+    pub message: String,
+    /// How to fix it (WARN and FAIL).
+    pub fix: Option<String>,
+}
+
+impl Finding {
+    fn pass(check: &'static str, device: Option<String>, message: String) -> Self {
+        Finding {
+            severity: Severity::Pass,
+            check,
+            device,
+            message,
+            fix: None,
+        }
+    }
+
+    fn problem(
+        severity: Severity,
+        check: &'static str,
+        device: Option<String>,
+        message: String,
+        fix: String,
+    ) -> Self {
+        Finding {
+            severity,
+            check,
+            device,
+            message,
+            fix: Some(fix),
+        }
+    }
+}
+
+impl fmt::Display for Finding {
+    /// `FAIL iommu-group: 0000:18:00.0 (...): message. Fix: ...`
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {}: ", self.severity, self.check)?;
+        if let Some(device) = &self.device {
+            write!(f, "{device}: ")?;
+        }
+        f.write_str(&self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, ". Fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// All verdicts on one domain.
+#[derive(Debug, Clone)]
+pub struct Report {
+    /// `'instance-0000002a' (Nova instance 'x', project 'y')`
+    pub domain: String,
+    pub findings: Vec<Finding>,
+}
+
+impl Report {
+    pub fn worst(&self) -> Severity {
+        self.findings
+            .iter()
+            .map(|f| f.severity)
+            .max()
+            .unwrap_or(Severity::Pass)
+    }
+
+    /// The findings at `severity` or worse.
+    pub fn at_least(&self, severity: Severity) -> impl Iterator<Item = &Finding> {
+        self.findings.iter().filter(move |f| f.severity >= severity)
+    }
+}
+
+/// Names devices for messages, reading pci.ids at most once and only when needed.
+struct Describer<'a> {
+    sysfs: &'a Path,
+    pci_ids_path: Option<&'a Path>,
+    pci_ids: Option<Option<String>>,
+}
+
+impl Describer<'_> {
+    fn describe(&mut self, address: PciAddress) -> String {
+        let Ok(function) = PciFunction::read(self.sysfs, address) else {
+            return address.to_string();
+        };
+        let name = self.name(function.vendor_id, function.device_id);
+        match name {
+            Some(name) => format!("{address} ({} {name})", function.ids()),
+            None => format!("{address} ({})", function.ids()),
+        }
+    }
+
+    fn name(&mut self, vendor: u16, device: u16) -> Option<String> {
+        let path = self.pci_ids_path;
+        let text = self.pci_ids.get_or_insert_with(|| {
+            path.and_then(|p| std::fs::read(p).ok())
+                .map(|b| String::from_utf8_lossy(&b).into_owned())
+        });
+        pciids::lookup_in(text.as_deref()?, vendor, device)
+    }
+}
+
+const GIB: u64 = 1 << 30;
+
+/// Run every check on `domain`. `config` gives the host memory reserve.
+pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> Report {
+    let mut findings = Vec::new();
+    let mut names = Describer {
+        sysfs: &host.sysfs,
+        pci_ids_path: host.pci_ids.as_deref(),
+        pci_ids: None,
+    };
+    let running = running_domains(&host.libvirt_run);
+    for problem in &running.unreadable {
+        findings.push(Finding::problem(
+            Severity::Warn,
+            "host-state",
+            None,
+            format!("cannot read a running domain's status file: {problem}"),
+            "nothing to do for this VM; the checks went on without that domain".into(),
+        ));
+    }
+    // Who holds which function, among the other running domains.
+    let others: Vec<&Domain> = running
+        .domains
+        .iter()
+        .filter(|d| d.name != domain.name && (d.uuid.is_none() || d.uuid != domain.uuid))
+        .collect();
+    let mut holder: BTreeMap<PciAddress, &Domain> = BTreeMap::new();
+    for other in &others {
+        for dev in &other.hostdevs {
+            holder.insert(dev.address, other);
+        }
+    }
+    let ours: BTreeSet<PciAddress> = domain.hostdevs.iter().map(|h| h.address).collect();
+
+    let iommu_on = pci::iommu_active(&host.sysfs);
+    if iommu_on {
+        findings.push(Finding::pass("iommu", None, "the IOMMU is on".into()));
+    } else {
+        findings.push(Finding::problem(
+            Severity::Fail,
+            "iommu",
+            None,
+            format!(
+                "the IOMMU is off: {} is empty or missing, so no device can be passed through",
+                host.sysfs.join("kernel/iommu_groups").display()
+            ),
+            "enable VT-d / AMD-Vi in the firmware and boot with intel_iommu=on iommu=pt \
+             (Intel; AMD needs only iommu=pt): run `gpu-passthrough install`, then reboot"
+                .into(),
+        ));
+    }
+
+    for hostdev in &domain.hostdevs {
+        let addr = hostdev.address;
+        if !pci::exists(&host.sysfs, &addr) {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "device",
+                Some(addr.to_string()),
+                "there is no PCI function at this address on this host".into(),
+                "check the address with `lspci -D` and correct the <hostdev> (for Nova: \
+                 the [pci] device_spec and alias of this compute host)"
+                    .into(),
+            ));
+            continue;
+        }
+        let desc = names.describe(addr);
+        let function = match PciFunction::read(&host.sysfs, addr) {
+            Ok(f) => f,
+            Err(e) => {
+                findings.push(Finding::problem(
+                    Severity::Fail,
+                    "device",
+                    Some(desc),
+                    format!("cannot read it from sysfs: {e}"),
+                    "check that sysfs is mounted and readable".into(),
+                ));
+                continue;
+            }
+        };
+        findings.push(Finding::pass(
+            "device",
+            Some(desc.clone()),
+            "present".into(),
+        ));
+
+        if let Some(other) = holder.get(&addr) {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "in-use",
+                Some(desc.clone()),
+                format!(
+                    "held by the running domain '{}'{}",
+                    other.name,
+                    other.nova_description()
+                ),
+                format!(
+                    "stop '{}' first or give this VM another device (for Nova: the PCI \
+                     tracker thinks the device is free; check [pci] device_spec on this host)",
+                    other.name
+                ),
+            ));
+        }
+
+        let driver = function.driver.as_deref();
+        if !hostdev.managed && driver != Some("vfio-pci") {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "driver",
+                Some(desc.clone()),
+                format!(
+                    "managed='no', so libvirt will not detach it, but it is bound to {}",
+                    driver.map_or("no driver".to_owned(), |d| format!("'{d}'"))
+                ),
+                format!(
+                    "bind it to vfio-pci (`gpu-passthrough install --gpu {}` does it at boot), \
+                     or set managed='yes' on the <hostdev>",
+                    function.ids()
+                ),
+            ));
+        }
+
+        if !iommu_on {
+            continue;
+        }
+        findings.extend(check_group(
+            &host.sysfs,
+            &function,
+            &desc,
+            &ours,
+            &holder,
+            &mut names,
+        ));
+    }
+
+    findings.extend(check_memory(domain, host, config, &others));
+    Report {
+        domain: format!("'{}'{}", domain.name, domain.nova_description()),
+        findings,
+    }
+}
+
+/// VFIO can only use a group whose every member is free of host drivers.
+fn check_group(
+    sysfs: &Path,
+    function: &PciFunction,
+    desc: &str,
+    ours: &BTreeSet<PciAddress>,
+    holder: &BTreeMap<PciAddress, &Domain>,
+    names: &mut Describer<'_>,
+) -> Vec<Finding> {
+    let Some(group) = function.iommu_group else {
+        return vec![Finding::problem(
+            Severity::Fail,
+            "iommu-group",
+            Some(desc.to_owned()),
+            "it has no IOMMU group".into(),
+            "the IOMMU does not cover this device: check the firmware's VT-d / AMD-Vi setting"
+                .into(),
+        )];
+    };
+    let members = match pci::iommu_group_members(sysfs, group) {
+        Ok(members) => members,
+        Err(e) => {
+            return vec![Finding::problem(
+                Severity::Fail,
+                "iommu-group",
+                Some(desc.to_owned()),
+                format!("cannot list IOMMU group {group}: {e}"),
+                "check that sysfs is mounted and readable".into(),
+            )];
+        }
+    };
+    let mut findings = Vec::new();
+    for member in members.iter().filter(|m| **m != function.address) {
+        if ours.contains(member) {
+            continue;
+        }
+        if let Some(other) = holder.get(member) {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "iommu-group",
+                Some(desc.to_owned()),
+                format!(
+                    "IOMMU group {group} is shared with {}, which the running domain '{}' holds; \
+                     a group can belong to one VM only",
+                    names.describe(*member),
+                    other.name
+                ),
+                format!(
+                    "stop '{}' first, or use a GPU in another IOMMU group",
+                    other.name
+                ),
+            ));
+            continue;
+        }
+        let Ok(m) = PciFunction::read(sysfs, *member) else {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "iommu-group",
+                Some(desc.to_owned()),
+                format!("cannot read {member}, a member of IOMMU group {group}"),
+                "check that sysfs is mounted and readable".into(),
+            ));
+            continue;
+        };
+        if pci::is_pci_bridge(m.class) {
+            continue;
+        }
+        match m.driver.as_deref() {
+            None | Some("vfio-pci") | Some("pci-stub") => {}
+            Some(driver) => findings.push(Finding::problem(
+                Severity::Fail,
+                "iommu-group",
+                Some(desc.to_owned()),
+                format!(
+                    "IOMMU group {group} is not viable: {} is in the same group and bound to \
+                     the host driver '{driver}'",
+                    names.describe(*member)
+                ),
+                format!(
+                    "pass {member} through to this VM as well (a <hostdev>; for Nova, an alias \
+                     for it in the flavor), or bind it to vfio-pci \
+                     (`gpu-passthrough install --gpu {}`); if the host needs that device, move \
+                     the card to a slot with its own IOMMU group",
+                    m.ids()
+                ),
+            )),
+        }
+    }
+    if findings.is_empty() {
+        findings.push(Finding::pass(
+            "iommu-group",
+            Some(desc.to_owned()),
+            format!("IOMMU group {group} is viable ({} members)", members.len()),
+        ));
+    }
+    findings
+}
+
+fn check_memory(
+    domain: &Domain,
+    host: &HostPaths,
+    config: &HookConfig,
+    others: &[&Domain],
+) -> Vec<Finding> {
+    let mut findings = Vec::new();
+    let memory = domain.memory_bytes;
+    let meminfo = MemInfo::read(&host.proc_root);
+    match &meminfo {
+        Ok(info) => {
+            let reserved = config.reserved_host_memory_mib.saturating_mul(1 << 20);
+            let pinners: Vec<&&Domain> = others.iter().filter(|d| !d.hostdevs.is_empty()).collect();
+            let pinned: u64 = pinners.iter().map(|d| d.memory_bytes).sum();
+            let available = info
+                .total_bytes
+                .saturating_sub(reserved)
+                .saturating_sub(pinned);
+            let sum = format!(
+                "MemTotal {} - reserved {} - {} pinned by {} running VM(s) with host devices{} = {}",
+                human(info.total_bytes),
+                human(reserved),
+                human(pinned),
+                pinners.len(),
+                if pinners.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        " ({})",
+                        pinners.iter().map(|d| d.name.as_str()).collect::<Vec<_>>().join(", ")
+                    )
+                },
+                human(available)
+            );
+            if memory > available {
+                findings.push(Finding::problem(
+                    Severity::Fail,
+                    "memory",
+                    None,
+                    format!(
+                        "the host cannot pin this VM's {}: VFIO locks all of a VM's memory, and {sum}",
+                        human(memory)
+                    ),
+                    "stop a VM with host devices, give this VM less memory, or lower [hook] \
+                     reserved_host_memory_mib (for Nova: ram_allocation_ratio = 1.0 and \
+                     reserved_host_memory_mb keep the scheduler from overcommitting GPU hosts)"
+                        .into(),
+                ));
+            } else {
+                findings.push(Finding::pass(
+                    "memory",
+                    None,
+                    format!("{} can be pinned: {sum}", human(memory)),
+                ));
+            }
+        }
+        Err(e) => findings.push(Finding::problem(
+            Severity::Fail,
+            "memory",
+            None,
+            format!("cannot read the host's memory size: {e}"),
+            "check that /proc is mounted and readable".into(),
+        )),
+    }
+
+    if let Some(limit) = domain.hard_limit_bytes {
+        let needed = memory.saturating_add(GIB);
+        if limit < needed {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "hard-limit",
+                None,
+                format!(
+                    "<memtune><hard_limit> is {}, below memory + 1 GiB = {}: QEMU would be \
+                     killed or fail to lock guest memory",
+                    human(limit),
+                    human(needed)
+                ),
+                format!(
+                    "raise hard_limit to at least {} KiB or remove it (for Nova: the \
+                     quota:memory_hard_limit flavor property)",
+                    needed / 1024
+                ),
+            ));
+        } else {
+            findings.push(Finding::pass(
+                "hard-limit",
+                None,
+                format!(
+                    "<memtune><hard_limit> {} leaves room above memory + 1 GiB",
+                    human(limit)
+                ),
+            ));
+        }
+    }
+
+    for request in domain.hugepages.iter().flatten() {
+        let size = request
+            .size_bytes
+            .or_else(|| meminfo.as_ref().ok().and_then(|m| m.default_hugepage_bytes));
+        let Some(size) = size.filter(|s| *s > 0) else {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "hugepages",
+                None,
+                "the VM asks for huge pages of the default size, and the host has none".into(),
+                "reserve huge pages (hugepagesz=1G hugepages=N on the kernel command line)".into(),
+            ));
+            continue;
+        };
+        let nodes = request.nodeset.as_deref().and_then(parse_nodeset);
+        let needed = memory.div_ceil(size);
+        let where_ = match (&request.nodeset, &nodes) {
+            (Some(set), Some(_)) => format!(" on NUMA node(s) {set}"),
+            _ => String::new(),
+        };
+        let pool = format!("hugepages-{}kB", size / 1024);
+        match free_hugepages(&host.sysfs, size, nodes.as_deref()) {
+            Ok(free) if free >= needed => findings.push(Finding::pass(
+                "hugepages",
+                None,
+                format!(
+                    "{needed} huge pages of {} needed, {free} free{where_}",
+                    human(size)
+                ),
+            )),
+            Ok(free) => findings.push(Finding::problem(
+                Severity::Fail,
+                "hugepages",
+                None,
+                format!(
+                    "the VM needs {needed} free huge pages of {}{where_}, the host has {free}",
+                    human(size)
+                ),
+                format!(
+                    "reserve more: raise {}/nr_hugepages (or hugepages= on the kernel command \
+                     line), or stop a VM that uses them",
+                    host.sysfs.join("kernel/mm/hugepages").join(&pool).display()
+                ),
+            )),
+            Err(e) => findings.push(Finding::problem(
+                Severity::Fail,
+                "hugepages",
+                None,
+                format!(
+                    "the VM asks for huge pages of {}, and the host has no such pool: {e}",
+                    human(size)
+                ),
+                format!(
+                    "reserve them: hugepagesz={} hugepages=N on the kernel command line",
+                    human(size).replace(".0 GiB", "G").replace(" MiB", "M")
+                ),
+            )),
+        }
+    }
+
+    if let Some(model) = &domain.balloon {
+        findings.push(Finding::problem(
+            Severity::Warn,
+            "balloon",
+            None,
+            format!(
+                "the VM has a {model} memory balloon, which cannot give memory back: VFIO \
+                 pins all of it"
+            ),
+            "nothing needed (Nova before 32.0 cannot remove it); <memballoon model='none'/> \
+             where you write the XML yourself"
+                .into(),
+        ));
+    }
+    if let Some(current) = domain.current_memory_bytes.filter(|c| *c < memory) {
+        findings.push(Finding::problem(
+            Severity::Warn,
+            "balloon",
+            None,
+            format!(
+                "<currentMemory> {} is below <memory> {}: VFIO pins the full {} anyway",
+                human(current),
+                human(memory),
+                human(memory)
+            ),
+            "set <currentMemory> equal to <memory> to plan with what is really used".into(),
+        ));
+    }
+    findings
+}

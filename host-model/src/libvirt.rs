@@ -1,0 +1,53 @@
+//! libvirt's own record of running domains: `/run/libvirt/qemu/NAME.xml`, read as files.
+//! (Never through virsh or the API: from a hook that deadlocks libvirtd.)
+
+use std::path::{Path, PathBuf};
+
+use crate::domain::{domain_from_status_xml, Domain};
+
+/// Where libvirt keeps the status of running qemu domains.
+pub const DEFAULT_RUN_DIR: &str = "/run/libvirt/qemu";
+/// Environment variable that replaces [`DEFAULT_RUN_DIR`] (tests, unusual hosts).
+pub const RUN_DIR_ENV: &str = "GPU_PASSTHROUGH_LIBVIRT_RUN";
+
+pub fn run_dir_from_env() -> PathBuf {
+    std::env::var_os(RUN_DIR_ENV)
+        .filter(|p| !p.is_empty())
+        .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from)
+}
+
+/// The running domains, and a message for each status file that could not be read
+/// (one odd file must not hide the others).
+#[derive(Debug, Default)]
+pub struct RunningDomains {
+    pub domains: Vec<Domain>,
+    pub unreadable: Vec<String>,
+}
+
+/// Read every `*.xml` status file of `run_dir`. A missing directory means none run.
+pub fn running_domains(run_dir: &Path) -> RunningDomains {
+    let mut out = RunningDomains::default();
+    let entries = match std::fs::read_dir(run_dir) {
+        Ok(entries) => entries,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return out,
+        Err(e) => {
+            out.unreadable.push(format!("{}: {e}", run_dir.display()));
+            return out;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "xml"))
+        .collect();
+    paths.sort();
+    for path in paths {
+        match std::fs::read_to_string(&path)
+            .map_err(|e| e.to_string())
+            .and_then(|xml| domain_from_status_xml(&xml).map_err(|e| e.to_string()))
+        {
+            Ok(domain) => out.domains.push(domain),
+            Err(e) => out.unreadable.push(format!("{}: {e}", path.display())),
+        }
+    }
+    out
+}

@@ -1,0 +1,80 @@
+//! Device names from the host's pci.ids (hwdata), for messages.
+
+use std::path::{Path, PathBuf};
+
+/// Where distributions put pci.ids: EL (hwdata), Debian (pci.ids), others.
+pub const DEFAULT_PATHS: &[&str] = &[
+    "/usr/share/hwdata/pci.ids",
+    "/usr/share/misc/pci.ids",
+    "/usr/share/pci.ids",
+];
+/// Environment variable naming the pci.ids file to use (tests, unusual hosts).
+pub const PATH_ENV: &str = "GPU_PASSTHROUGH_PCI_IDS";
+
+/// The pci.ids file in force, if the host has one.
+pub fn path_from_env() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os(PATH_ENV).filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(p));
+    }
+    DEFAULT_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// `Vendor Device` name of `vendor:device` from the pci.ids text, e.g.
+/// `NVIDIA Corporation GP102 [TITAN Xp]`; the vendor alone when the device is unknown.
+pub fn lookup_in(text: &str, vendor: u16, device: u16) -> Option<String> {
+    let vendor_key = format!("{vendor:04x}");
+    let device_key = format!("\t{device:04x}");
+    let mut lines = text.lines();
+    let vendor_name = lines.by_ref().find_map(|line| {
+        let rest = line.strip_prefix(vendor_key.as_str())?;
+        rest.starts_with("  ").then(|| rest.trim().to_owned())
+    })?;
+    for line in lines {
+        if !line.starts_with('\t') && !line.starts_with('#') && !line.is_empty() {
+            break; // the next vendor
+        }
+        if let Some(rest) = line.strip_prefix(device_key.as_str()) {
+            if rest.starts_with("  ") {
+                return Some(format!("{vendor_name} {}", rest.trim()));
+            }
+        }
+    }
+    Some(vendor_name)
+}
+
+/// Look a device up in the file at `path`; `None` if the file or the vendor is missing.
+pub fn lookup(path: &Path, vendor: u16, device: u16) -> Option<String> {
+    let bytes = std::fs::read(path).ok()?;
+    lookup_in(&String::from_utf8_lossy(&bytes), vendor, device)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const IDS: &str = "# comment\n10de  NVIDIA Corporation\n\t1b02  GP102 [TITAN Xp]\n\t\t10de 11df  TITAN Xp\n\t10ef  GP102 HDMI Audio Controller\n10df  Emulex Corporation\n\t1b02  Not this one\n";
+
+    #[test]
+    fn finds_vendor_and_device() {
+        assert_eq!(
+            lookup_in(IDS, 0x10de, 0x1b02).as_deref(),
+            Some("NVIDIA Corporation GP102 [TITAN Xp]")
+        );
+        assert_eq!(
+            lookup_in(IDS, 0x10de, 0x10ef).as_deref(),
+            Some("NVIDIA Corporation GP102 HDMI Audio Controller")
+        );
+        assert_eq!(
+            lookup_in(IDS, 0x10de, 0x9999).as_deref(),
+            Some("NVIDIA Corporation")
+        );
+        assert_eq!(
+            lookup_in(IDS, 0x10df, 0x1b02).as_deref(),
+            Some("Emulex Corporation Not this one")
+        );
+        assert_eq!(lookup_in(IDS, 0x8086, 0x1572), None);
+    }
+}

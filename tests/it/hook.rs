@@ -1,0 +1,581 @@
+//! gpu-passthrough-hook, the built binary, on fake hosts: a sysfs tree shaped like a
+//! real one, /proc/meminfo, libvirt's status files and pci.ids in a tempdir.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::{Command, Output, Stdio};
+
+use integration_tests::{bin, write_file, FakeSysfs, PciFunction};
+use tempfile::TempDir;
+
+const GPU: &str = "0000:18:00.0";
+const GPU_AUDIO: &str = "0000:18:00.1";
+const GIB: u64 = 1 << 30;
+
+const PCI_IDS: &str = "10de  NVIDIA Corporation\n\t1b02  GP102 [TITAN Xp]\n\t10ef  GP102 HDMI Audio Controller\n\t1eb8  TU104GL [Tesla T4]\n8086  Intel Corporation\n\t1572  Ethernet Controller X710 for 10GbE SFP+\n";
+
+/// A GPU hypervisor for one test: a Titan Xp (VGA + audio, IOMMU group 30) on vfio-pci,
+/// 64 GiB of memory, no running domains.
+struct Host {
+    dir: TempDir,
+    sysfs: FakeSysfs,
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sysfs = FakeSysfs::new(&dir.path().join("sys"));
+        let host = Host { dir, sysfs };
+        host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(30));
+        host.function(
+            GPU_AUDIO,
+            0x10de,
+            0x10ef,
+            0x040300,
+            Some("vfio-pci"),
+            Some(30),
+        );
+        host.meminfo(64 * GIB);
+        std::fs::create_dir_all(host.path("run")).expect("run dir");
+        write_file(&host.path("pci.ids"), PCI_IDS);
+        write_file(&host.path("config.toml"), "");
+        host
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn function(
+        &self,
+        address: &str,
+        vendor: u16,
+        device: u16,
+        class: u32,
+        driver: Option<&str>,
+        iommu_group: Option<u32>,
+    ) {
+        self.sysfs.add(&PciFunction {
+            address,
+            vendor,
+            device,
+            class,
+            driver,
+            iommu_group,
+        });
+    }
+
+    fn meminfo(&self, total: u64) {
+        write_file(
+            &self.path("proc/meminfo"),
+            format!(
+                "MemTotal:       {} kB\nMemFree:        1024 kB\nHugepagesize:       2048 kB\n",
+                total / 1024
+            ),
+        );
+    }
+
+    fn config(&self, text: &str) {
+        write_file(&self.path("config.toml"), text);
+    }
+
+    /// A running domain, as libvirt's status file.
+    fn running(&self, name: &str, xml: &str) {
+        write_file(
+            &self.path(&format!("run/{name}.xml")),
+            format!("<domstatus state='running' reason='booted' pid='4242'>\n<monitor path='/x' type='unix'/>\n{xml}</domstatus>\n"),
+        );
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("gpu-passthrough-hook"));
+        c.args(args)
+            .env_clear()
+            .env("GPU_PASSTHROUGH_CONFIG", self.path("config.toml"))
+            .env("GPU_PASSTHROUGH_SYSFS", self.sysfs.root())
+            .env("GPU_PASSTHROUGH_PROC", self.path("proc"))
+            .env("GPU_PASSTHROUGH_LIBVIRT_RUN", self.path("run"))
+            .env("GPU_PASSTHROUGH_PCI_IDS", self.path("pci.ids"));
+        c
+    }
+
+    fn run(&self, args: &[&str], stdin: &str) -> Output {
+        let mut child = self
+            .command(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the hook");
+        // The hook may exit without reading stdin: a broken pipe is fine.
+        let _ = child
+            .stdin
+            .take()
+            .expect("piped stdin")
+            .write_all(stdin.as_bytes());
+        child.wait_with_output().expect("wait for the hook")
+    }
+
+    /// libvirt's call at `prepare begin`.
+    fn prepare(&self, name: &str, xml: &str) -> Output {
+        self.run(&[name, "prepare", "begin", "-"], xml)
+    }
+}
+
+/// A domain XML: memory in GiB, PCI hostdevs as (address, managed), extra XML inside
+/// <domain>.
+fn domain(name: &str, memory_gib: u64, hostdevs: &[(&str, bool)], extra: &str) -> String {
+    let mut devices = String::new();
+    for (address, managed) in hostdevs {
+        let (domain, rest) = address.split_once(':').expect("address");
+        let (bus, rest) = rest.split_once(':').expect("address");
+        let (slot, function) = rest.split_once('.').expect("address");
+        devices.push_str(&format!(
+            "    <hostdev mode='subsystem' type='pci' managed='{}'>\n      <driver name='vfio'/>\n      \
+             <source><address domain='0x{domain}' bus='0x{bus}' slot='0x{slot}' function='0x{function}'/></source>\n    </hostdev>\n",
+            if *managed { "yes" } else { "no" }
+        ));
+    }
+    format!(
+        "<domain type='kvm'>\n  <name>{name}</name>\n  <uuid>00000000-0000-0000-0000-{:0>12.12}</uuid>\n  \
+         <memory unit='KiB'>{}</memory>\n{extra}  <devices>\n    <emulator>/usr/libexec/qemu-kvm</emulator>\n{devices}  </devices>\n</domain>\n",
+        name.bytes().map(|b| format!("{b:02x}")).collect::<String>(),
+        memory_gib * 1024 * 1024
+    )
+}
+
+fn both_functions() -> Vec<(&'static str, bool)> {
+    vec![(GPU, true), (GPU_AUDIO, true)]
+}
+
+const NOVA_METADATA: &str = "  <metadata>\n    <nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\">\n      \
+    <nova:name>gpu-worker-1</nova:name>\n      <nova:owner><nova:user uuid='u'>alice</nova:user>\
+    <nova:project uuid='p'>climate-lab</nova:project></nova:owner>\n    </nova:instance>\n  </metadata>\n";
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+#[track_caller]
+fn assert_allowed(out: &Output) {
+    assert_eq!(out.status.code(), Some(0), "stderr: {}", stderr(out));
+}
+
+/// Refused: exit 1, one paragraph on stderr naming the domain, containing `needles`.
+#[track_caller]
+fn assert_refused(out: &Output, domain: &str, needles: &[&str]) {
+    let err = stderr(out);
+    assert_eq!(out.status.code(), Some(1), "stderr: {err}");
+    assert!(
+        err.starts_with(&format!(
+            "gpu-passthrough-hook: refusing to start domain '{domain}'"
+        )),
+        "{err}"
+    );
+    assert!(!err.contains("\n\n"), "one paragraph: {err}");
+    for needle in needles {
+        assert!(err.contains(needle), "missing {needle:?} in: {err}");
+    }
+    assert!(err.contains("Fix: "), "says how to fix it: {err}");
+}
+
+#[test]
+fn a_complete_gpu_passes_silently() {
+    let host = Host::new();
+    let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), ""));
+    assert_allowed(&out);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
+
+#[test]
+fn every_other_operation_exits_0_whatever_stdin_holds() {
+    let host = Host::new();
+    // Broken in every way: missing device, broken config, garbage.
+    host.config("[hook\nmode = ");
+    let broken = domain("vm1", 1000, &[("0000:99:00.0", false)], "");
+    for (op, sub) in [
+        ("start", "begin"),
+        ("started", "begin"),
+        ("stopped", "end"),
+        ("release", "end"),
+        ("migrate", "begin"),
+        ("restore", "begin"),
+        ("reconnect", "begin"),
+        ("attach", "begin"),
+        ("prepare", "end"),
+    ] {
+        for stdin in [broken.as_str(), "<hostdev garbage", ""] {
+            let out = host.run(&["vm1", op, sub, "-"], stdin);
+            assert_allowed(&out);
+            assert!(out.stderr.is_empty(), "{op} {sub}: {}", stderr(&out));
+        }
+    }
+    // And with too few arguments, as an old libvirt or a confused operator might.
+    assert_allowed(&host.run(&["vm1"], &broken));
+    assert_allowed(&host.run(&[], &broken));
+}
+
+#[test]
+fn a_domain_without_pci_hostdevs_exits_0_at_once() {
+    let host = Host::new();
+    host.config("not toml at all [");
+    assert_allowed(&host.prepare("plain", &domain("plain", 1000, &[], "")));
+    assert_allowed(&host.prepare("garbage", "\x00\x01 not xml"));
+    let usb_only = "<domain><name>u</name><memory>1</memory><devices>\
+        <hostdev mode='subsystem' type='usb'><source><vendor id='0x1'/></source></hostdev>\
+        </devices></domain>";
+    host.config("");
+    assert_allowed(&host.prepare("u", usb_only));
+}
+
+#[test]
+fn an_incomplete_iommu_group_is_refused_with_device_names_and_fix() {
+    let host = Host::new();
+    // The audio function is still on the host's sound driver.
+    host.function(
+        GPU_AUDIO,
+        0x10de,
+        0x10ef,
+        0x040300,
+        Some("snd_hda_intel"),
+        Some(30),
+    );
+    let out = host.prepare("vm1", &domain("vm1", 16, &[(GPU, true)], NOVA_METADATA));
+    assert_refused(
+        &out,
+        "vm1",
+        &[
+            "(Nova instance 'gpu-worker-1', project 'climate-lab')",
+            "0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp])",
+            "IOMMU group 30 is not viable",
+            "0000:18:00.1 (10de:10ef NVIDIA Corporation GP102 HDMI Audio Controller)",
+            "'snd_hda_intel'",
+            "pass 0000:18:00.1 through",
+        ],
+    );
+    // Passing both functions through makes the same host fine: libvirt detaches them.
+    assert_allowed(&host.prepare("vm1", &domain("vm1", 16, &both_functions(), "")));
+}
+
+#[test]
+fn bridges_stub_and_driverless_members_keep_a_group_viable() {
+    let host = Host::new();
+    host.function(
+        "0000:17:00.0",
+        0x8086,
+        0x2030,
+        0x060400,
+        Some("pcieport"),
+        Some(30),
+    );
+    host.function(
+        "0000:18:00.2",
+        0x10de,
+        0x1ad6,
+        0x0c0330,
+        Some("pci-stub"),
+        Some(30),
+    );
+    host.function("0000:18:00.3", 0x10de, 0x1ad7, 0x0c8000, None, Some(30));
+    assert_allowed(&host.prepare("vm1", &domain("vm1", 16, &both_functions(), "")));
+}
+
+#[test]
+fn a_missing_device_is_refused() {
+    let host = Host::new();
+    let out = host.prepare("vm1", &domain("vm1", 4, &[("0000:99:00.0", true)], ""));
+    assert_refused(
+        &out,
+        "vm1",
+        &["0000:99:00.0", "no PCI function at this address"],
+    );
+}
+
+#[test]
+fn unmanaged_devices_must_already_be_on_vfio_pci() {
+    let host = Host::new();
+    host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("nouveau"), Some(30));
+    let out = host.prepare(
+        "vm1",
+        &domain("vm1", 4, &[(GPU, false), (GPU_AUDIO, false)], ""),
+    );
+    assert_refused(
+        &out,
+        "vm1",
+        &["managed='no'", "bound to 'nouveau'", "--gpu 10de:1b02"],
+    );
+    // The audio function is on vfio-pci, so it alone is fine.
+    assert!(
+        !stderr(&out).contains("0000:18:00.1 (10de:10ef"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn the_iommu_off_is_refused() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let host = Host::new();
+    // A host booted without the IOMMU: functions without groups, no iommu_groups.
+    let bare = FakeSysfs::new(&dir.path().join("sys"));
+    bare.add(&PciFunction {
+        address: GPU,
+        vendor: 0x10de,
+        device: 0x1b02,
+        class: 0x030000,
+        driver: Some("nouveau"),
+        iommu_group: None,
+    });
+    let out = host
+        .command(&["vm1", "prepare", "begin", "-"])
+        .env("GPU_PASSTHROUGH_SYSFS", bare.root())
+        .stdin(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .and_then(|mut c| {
+            c.stdin
+                .take()
+                .expect("stdin")
+                .write_all(domain("vm1", 4, &[(GPU, true)], "").as_bytes())?;
+            c.wait_with_output()
+        })
+        .expect("run");
+    assert_refused(&out, "vm1", &["the IOMMU is off", "intel_iommu=on"]);
+}
+
+#[test]
+fn a_device_held_by_another_running_domain_is_refused_naming_it() {
+    let host = Host::new();
+    host.running(
+        "instance-00000001",
+        &domain("instance-00000001", 8, &both_functions(), NOVA_METADATA),
+    );
+    let out = host.prepare("vm2", &domain("vm2", 8, &both_functions(), ""));
+    assert_refused(
+        &out,
+        "vm2",
+        &["held by the running domain 'instance-00000001' (Nova instance 'gpu-worker-1'"],
+    );
+    // A running domain without our devices is no obstacle.
+    host.running(
+        "instance-00000001",
+        &domain("instance-00000001", 8, &[], ""),
+    );
+    assert_allowed(&host.prepare("vm2", &domain("vm2", 8, &both_functions(), "")));
+}
+
+#[test]
+fn a_group_member_held_by_another_domain_is_refused() {
+    let host = Host::new();
+    host.running("other", &domain("other", 8, &[(GPU_AUDIO, true)], ""));
+    let out = host.prepare("vm2", &domain("vm2", 8, &[(GPU, true)], ""));
+    assert_refused(
+        &out,
+        "vm2",
+        &["IOMMU group 30 is shared with 0000:18:00.1", "'other'"],
+    );
+}
+
+#[test]
+fn memory_the_host_cannot_pin_is_refused() {
+    let host = Host::new();
+    let t4 = "0000:af:00.0";
+    host.function(t4, 0x10de, 0x1eb8, 0x030200, Some("vfio-pci"), Some(40));
+    host.running("big", &domain("big", 48, &[(t4, true)], ""));
+    // 64 GiB - 4 GiB reserved - 48 GiB pinned = 12 GiB < 16 GiB.
+    let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), ""));
+    assert_refused(
+        &out,
+        "vm1",
+        &[
+            "cannot pin this VM's 16.0 GiB",
+            "48.0 GiB pinned by 1 running VM(s) with host devices (big)",
+            "= 12.0 GiB",
+        ],
+    );
+    // 12 GiB fits; so does 16 GiB with a smaller reserve.
+    assert_allowed(&host.prepare("vm1", &domain("vm1", 12, &both_functions(), "")));
+    host.config("[hook]\nreserved_host_memory_mib = 0\n");
+    assert_allowed(&host.prepare("vm1", &domain("vm1", 16, &both_functions(), "")));
+}
+
+#[test]
+fn a_hard_limit_below_memory_plus_1_gib_is_refused() {
+    let host = Host::new();
+    let low = "  <memtune><hard_limit unit='KiB'>17301503</hard_limit></memtune>\n";
+    let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), low));
+    assert_refused(&out, "vm1", &["hard_limit", "17825792 KiB"]);
+    let enough = "  <memtune><hard_limit unit='G'>17</hard_limit></memtune>\n";
+    assert_allowed(&host.prepare("vm1", &domain("vm1", 16, &both_functions(), enough)));
+}
+
+#[test]
+fn huge_pages_must_be_free() {
+    let host = Host::new();
+    let pool = "kernel/mm/hugepages/hugepages-1048576kB/free_hugepages";
+    let node1 = "devices/system/node/node1/hugepages/hugepages-1048576kB/free_hugepages";
+    write_file(&host.sysfs.root().join(pool), "8\n");
+    write_file(&host.sysfs.root().join(node1), "16\n");
+    let global =
+        "  <memoryBacking><hugepages><page size='1' unit='G'/></hugepages></memoryBacking>\n";
+    let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), global));
+    assert_refused(
+        &out,
+        "vm1",
+        &["needs 16 free huge pages of 1.0 GiB, the host has 8"],
+    );
+    let on_node1 =
+        "  <memoryBacking><hugepages><page size='1048576' unit='KiB' nodeset='1'/></hugepages></memoryBacking>\n";
+    assert_allowed(&host.prepare("vm1", &domain("vm1", 16, &both_functions(), on_node1)));
+    let default_size = "  <memoryBacking><hugepages/></memoryBacking>\n";
+    let out = host.prepare("vm1", &domain("vm1", 1, &both_functions(), default_size));
+    assert_refused(&out, "vm1", &["huge pages of 2 MiB", "no such pool"]);
+}
+
+#[test]
+fn a_balloon_or_low_current_memory_is_a_warning_not_a_refusal() {
+    let host = Host::new();
+    let extra = "  <currentMemory unit='KiB'>8388608</currentMemory>\n";
+    let xml = domain("vm1", 16, &both_functions(), extra)
+        .replace("</devices>", "  <memballoon model='virtio'/>\n  </devices>");
+    let out = host.prepare("vm1", &xml);
+    assert_allowed(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("WARN balloon: the VM has a virtio memory balloon"),
+        "{err}"
+    );
+    assert!(
+        err.contains("<currentMemory> 8.0 GiB is below <memory> 16.0 GiB"),
+        "{err}"
+    );
+}
+
+#[test]
+fn warn_mode_starts_anyway_and_off_mode_checks_nothing() {
+    let host = Host::new();
+    let bad = domain("vm1", 4, &[("0000:99:00.0", true)], "");
+    host.config("[hook]\nmode = \"warn\"\n");
+    let out = host.prepare("vm1", &bad);
+    assert_allowed(&out);
+    assert!(
+        stderr(&out).contains("starting despite:\n  FAIL device: 0000:99:00.0"),
+        "{}",
+        stderr(&out)
+    );
+    host.config("[hook]\nmode = \"off\"\n");
+    let out = host.prepare("vm1", &bad);
+    assert_allowed(&out);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+}
+
+#[test]
+fn garbage_xml_with_hostdevs_is_refused_with_its_position_in_enforce_mode() {
+    let host = Host::new();
+    let garbage = "<domain>\n<name>vm1</name>\n<hostdev mode='subsystem'>\n</domain>\n";
+    let out = host.prepare("vm1", garbage);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("refusing to start domain 'vm1': its XML does not parse (line 4"),
+        "{err}"
+    );
+    host.config("[hook]\nmode = \"warn\"\n");
+    assert_allowed(&host.prepare("vm1", garbage));
+}
+
+#[test]
+fn a_broken_config_refuses_hostdev_domains_naming_file_line_and_key() {
+    let host = Host::new();
+    host.config("[hook]\nmode = \"enforce\"\nreserved_host_memory_mib = \"lots\"\n");
+    let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("config.toml: line 3: hook.reserved_host_memory_mib"),
+        "{err}"
+    );
+}
+
+#[test]
+fn an_unreadable_status_file_is_a_warning() {
+    let host = Host::new();
+    write_file(&host.path("run/odd.xml"), "<domstatus><not-a-domain/>");
+    let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
+    assert_allowed(&out);
+    assert!(stderr(&out).contains("WARN host-state"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_xml_prints_a_report() {
+    let host = Host::new();
+    host.function(
+        GPU_AUDIO,
+        0x10de,
+        0x10ef,
+        0x040300,
+        Some("snd_hda_intel"),
+        Some(30),
+    );
+    let file = host.path("vm1.xml");
+    write_file(&file, domain("vm1", 16, &[(GPU, true)], NOVA_METADATA));
+    let out = host.run(&["--check-xml", file.to_str().expect("utf-8")], "");
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let report = stdout(&out);
+    assert!(
+        report.starts_with("domain 'vm1' (Nova instance 'gpu-worker-1', project 'climate-lab'):\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains("\nPASS iommu: the IOMMU is on\n"),
+        "{report}"
+    );
+    assert!(
+        report.contains("\nPASS memory: 16.0 GiB can be pinned"),
+        "{report}"
+    );
+    assert!(
+        report.contains("\nFAIL iommu-group: 0000:18:00.0 (10de:1b02"),
+        "{report}"
+    );
+    assert!(
+        report.ends_with("1 FAIL, 0 WARN: the hook would refuse to start it\n"),
+        "{report}"
+    );
+
+    // From stdin, on a good domain.
+    let out = host.run(
+        &["--check-xml", "-"],
+        &domain("vm1", 16, &both_functions(), ""),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert!(stdout(&out).ends_with("0 FAIL, 0 WARN: the hook would let it start\n"));
+}
+
+#[test]
+fn check_xml_errors_and_usage() {
+    let host = Host::new();
+    let out = host.run(&["--check-xml", "/nonexistent/vm.xml"], "");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("cannot read /nonexistent/vm.xml"),
+        "{}",
+        stderr(&out)
+    );
+    let out = host.run(&["--check-xml", "-"], "<domain><name>x</name>");
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("stdin: line 1, column"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(host.run(&["--check-xml"], "").status.code(), Some(2));
+    assert_eq!(host.run(&["--bogus"], "").status.code(), Some(2));
+    let help = host.run(&["--help"], "");
+    assert_eq!(help.status.code(), Some(0));
+    assert!(stdout(&help).contains("--check-xml FILE|-"));
+}
