@@ -2,7 +2,7 @@
 #
 #   make test     install what the tests need (as root), build, run every test
 #   make build    statically linked release binaries in $(RELEASE_DIR)
-#   make bench    wrapper start-up cost and binary size, as figures
+#   make bench    wrapper start-up cost, binary size and hook cost per call, as figures
 #   make lint     rustfmt and clippy, as CI runs them
 
 CARGO        ?= cargo
@@ -31,6 +31,7 @@ test: setup lint
 
 bench: build
 	bench/wrapper-startup
+	$(CARGO) bench -p integration-tests --bench hook --locked
 
 clean:
 	$(CARGO) clean

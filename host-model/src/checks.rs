@@ -61,15 +61,16 @@ pub struct Finding {
     /// Short name of the check: `iommu`, `device`, `driver`, `iommu-group`, `in-use`,
     /// `memory`, `hard-limit`, `hugepages`, `balloon`, `host-state`.
     pub check: &'static str,
-    /// The device, described: `0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp])`.
-    pub device: Option<String>,
+    /// The device the finding is about; [`Report::lines`] describes it with its ids
+    /// and name.
+    pub device: Option<PciAddress>,
     pub message: String,
     /// How to fix it (WARN and FAIL).
     pub fix: Option<String>,
 }
 
 impl Finding {
-    fn pass(check: &'static str, device: Option<String>, message: String) -> Self {
+    fn pass(check: &'static str, device: Option<PciAddress>, message: String) -> Self {
         Finding {
             severity: Severity::Pass,
             check,
@@ -82,7 +83,7 @@ impl Finding {
     fn problem(
         severity: Severity,
         check: &'static str,
-        device: Option<String>,
+        device: Option<PciAddress>,
         message: String,
         fix: String,
     ) -> Self {
@@ -96,27 +97,30 @@ impl Finding {
     }
 }
 
-impl fmt::Display for Finding {
-    /// `FAIL iommu-group: 0000:18:00.0 (...): message. Fix: ...`
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {}: ", self.severity, self.check)?;
-        if let Some(device) = &self.device {
-            write!(f, "{device}: ")?;
+impl Finding {
+    /// `FAIL iommu-group: 0000:18:00.0 (10de:1b02 NVIDIA ...): message. Fix: ...`
+    pub fn line(&self, names: &mut DeviceNames) -> String {
+        let mut line = format!("{} {}: ", self.severity, self.check);
+        if let Some(device) = self.device {
+            line.push_str(&names.describe(device));
+            line.push_str(": ");
         }
-        f.write_str(&self.message)?;
+        line.push_str(&self.message);
         if let Some(fix) = &self.fix {
-            write!(f, ". Fix: {fix}")?;
+            line.push_str(". Fix: ");
+            line.push_str(fix);
         }
-        Ok(())
+        line
     }
 }
 
 /// All verdicts on one domain.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct Report {
     /// `'instance-0000002a' (Nova instance 'x', project 'y')`
     pub domain: String,
     pub findings: Vec<Finding>,
+    names: DeviceNames,
 }
 
 impl Report {
@@ -132,18 +136,39 @@ impl Report {
     pub fn at_least(&self, severity: Severity) -> impl Iterator<Item = &Finding> {
         self.findings.iter().filter(move |f| f.severity >= severity)
     }
+
+    /// The findings at `severity` or worse as lines, devices described. Only here are
+    /// device names looked up, so a start that passes never reads pci.ids.
+    pub fn lines(&mut self, severity: Severity) -> Vec<String> {
+        self.findings
+            .iter()
+            .filter(|f| f.severity >= severity)
+            .map(|f| f.line(&mut self.names))
+            .collect()
+    }
 }
 
 /// Names devices for messages, reading pci.ids at most once and only when needed.
-struct Describer<'a> {
-    sysfs: &'a Path,
-    pci_ids_path: Option<&'a Path>,
+#[derive(Debug)]
+pub struct DeviceNames {
+    sysfs: PathBuf,
+    pci_ids_path: Option<PathBuf>,
     pci_ids: Option<Option<String>>,
 }
 
-impl Describer<'_> {
-    fn describe(&mut self, address: PciAddress) -> String {
-        let Ok(function) = PciFunction::read(self.sysfs, address) else {
+impl DeviceNames {
+    pub fn new(host: &HostPaths) -> Self {
+        DeviceNames {
+            sysfs: host.sysfs.clone(),
+            pci_ids_path: host.pci_ids.clone(),
+            pci_ids: None,
+        }
+    }
+
+    /// `0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp])`, or less where
+    /// sysfs or pci.ids know less.
+    pub fn describe(&mut self, address: PciAddress) -> String {
+        let Ok(function) = PciFunction::read(&self.sysfs, address) else {
             return address.to_string();
         };
         let name = self.name(function.vendor_id, function.device_id);
@@ -154,7 +179,7 @@ impl Describer<'_> {
     }
 
     fn name(&mut self, vendor: u16, device: u16) -> Option<String> {
-        let path = self.pci_ids_path;
+        let path = self.pci_ids_path.as_deref();
         let text = self.pci_ids.get_or_insert_with(|| {
             path.and_then(|p| std::fs::read(p).ok())
                 .map(|b| String::from_utf8_lossy(&b).into_owned())
@@ -168,11 +193,7 @@ const GIB: u64 = 1 << 30;
 /// Run every check on `domain`. `config` gives the host memory reserve.
 pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> Report {
     let mut findings = Vec::new();
-    let mut names = Describer {
-        sysfs: &host.sysfs,
-        pci_ids_path: host.pci_ids.as_deref(),
-        pci_ids: None,
-    };
+    let mut names = DeviceNames::new(host);
     let running = running_domains(&host.libvirt_run);
     for problem in &running.unreadable {
         findings.push(Finding::problem(
@@ -221,7 +242,7 @@ pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> R
             findings.push(Finding::problem(
                 Severity::Fail,
                 "device",
-                Some(addr.to_string()),
+                Some(addr),
                 "there is no PCI function at this address on this host".into(),
                 "check the address with `lspci -D` and correct the <hostdev> (for Nova: \
                  the [pci] device_spec and alias of this compute host)"
@@ -229,31 +250,26 @@ pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> R
             ));
             continue;
         }
-        let desc = names.describe(addr);
         let function = match PciFunction::read(&host.sysfs, addr) {
             Ok(f) => f,
             Err(e) => {
                 findings.push(Finding::problem(
                     Severity::Fail,
                     "device",
-                    Some(desc),
+                    Some(addr),
                     format!("cannot read it from sysfs: {e}"),
                     "check that sysfs is mounted and readable".into(),
                 ));
                 continue;
             }
         };
-        findings.push(Finding::pass(
-            "device",
-            Some(desc.clone()),
-            "present".into(),
-        ));
+        findings.push(Finding::pass("device", Some(addr), "present".into()));
 
         if let Some(other) = holder.get(&addr) {
             findings.push(Finding::problem(
                 Severity::Fail,
                 "in-use",
-                Some(desc.clone()),
+                Some(addr),
                 format!(
                     "held by the running domain '{}'{}",
                     other.name,
@@ -272,7 +288,7 @@ pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> R
             findings.push(Finding::problem(
                 Severity::Fail,
                 "driver",
-                Some(desc.clone()),
+                Some(addr),
                 format!(
                     "managed='no', so libvirt will not detach it, but it is bound to {}",
                     driver.map_or("no driver".to_owned(), |d| format!("'{d}'"))
@@ -291,7 +307,7 @@ pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> R
         findings.extend(check_group(
             &host.sysfs,
             &function,
-            &desc,
+            addr,
             &ours,
             &holder,
             &mut names,
@@ -302,6 +318,7 @@ pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> R
     Report {
         domain: format!("'{}'{}", domain.name, domain.nova_description()),
         findings,
+        names,
     }
 }
 
@@ -309,16 +326,16 @@ pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> R
 fn check_group(
     sysfs: &Path,
     function: &PciFunction,
-    desc: &str,
+    addr: PciAddress,
     ours: &BTreeSet<PciAddress>,
     holder: &BTreeMap<PciAddress, &Domain>,
-    names: &mut Describer<'_>,
+    names: &mut DeviceNames,
 ) -> Vec<Finding> {
     let Some(group) = function.iommu_group else {
         return vec![Finding::problem(
             Severity::Fail,
             "iommu-group",
-            Some(desc.to_owned()),
+            Some(addr),
             "it has no IOMMU group".into(),
             "the IOMMU does not cover this device: check the firmware's VT-d / AMD-Vi setting"
                 .into(),
@@ -330,7 +347,7 @@ fn check_group(
             return vec![Finding::problem(
                 Severity::Fail,
                 "iommu-group",
-                Some(desc.to_owned()),
+                Some(addr),
                 format!("cannot list IOMMU group {group}: {e}"),
                 "check that sysfs is mounted and readable".into(),
             )];
@@ -345,7 +362,7 @@ fn check_group(
             findings.push(Finding::problem(
                 Severity::Fail,
                 "iommu-group",
-                Some(desc.to_owned()),
+                Some(addr),
                 format!(
                     "IOMMU group {group} is shared with {}, which the running domain '{}' holds; \
                      a group can belong to one VM only",
@@ -363,7 +380,7 @@ fn check_group(
             findings.push(Finding::problem(
                 Severity::Fail,
                 "iommu-group",
-                Some(desc.to_owned()),
+                Some(addr),
                 format!("cannot read {member}, a member of IOMMU group {group}"),
                 "check that sysfs is mounted and readable".into(),
             ));
@@ -377,7 +394,7 @@ fn check_group(
             Some(driver) => findings.push(Finding::problem(
                 Severity::Fail,
                 "iommu-group",
-                Some(desc.to_owned()),
+                Some(addr),
                 format!(
                     "IOMMU group {group} is not viable: {} is in the same group and bound to \
                      the host driver '{driver}'",
@@ -396,7 +413,7 @@ fn check_group(
     if findings.is_empty() {
         findings.push(Finding::pass(
             "iommu-group",
-            Some(desc.to_owned()),
+            Some(addr),
             format!("IOMMU group {group} is viable ({} members)", members.len()),
         ));
     }

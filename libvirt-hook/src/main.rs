@@ -141,9 +141,9 @@ fn prepare(name: &str) -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let report = check_domain(&domain, &HostPaths::from_env(), &config);
+    let mut report = check_domain(&domain, &HostPaths::from_env(), &config);
     match (report.worst(), config.mode) {
-        (Severity::Fail, HookMode::Enforce) => refuse(refusal_paragraph(&report, &config_path)),
+        (Severity::Fail, HookMode::Enforce) => refuse(refusal_paragraph(&mut report, &config_path)),
         (Severity::Pass, _) => {
             log.info(&format!(
                 "domain {}: {} host device(s), every check passed",
@@ -154,8 +154,8 @@ fn prepare(name: &str) -> ExitCode {
         }
         _ => {
             let mut text = format!("domain {}: starting despite:", report.domain);
-            for finding in report.at_least(Severity::Warn) {
-                text.push_str(&format!("\n  {finding}"));
+            for line in report.lines(Severity::Warn) {
+                text.push_str(&format!("\n  {line}"));
             }
             log.warning(&text);
             ExitCode::SUCCESS
@@ -165,10 +165,10 @@ fn prepare(name: &str) -> ExitCode {
 
 /// The one stderr paragraph that virsh shows: the domain, each problem with its device
 /// and fix, and how to override.
-fn refusal_paragraph(report: &Report, config_path: &Path) -> String {
+fn refusal_paragraph(report: &mut Report, config_path: &Path) -> String {
     let mut text = format!("refusing to start domain {}:", report.domain);
-    for finding in report.at_least(Severity::Fail) {
-        text.push_str(&format!("\n  {finding}"));
+    for line in report.lines(Severity::Fail) {
+        text.push_str(&format!("\n  {line}"));
     }
     text.push_str(&format!(
         "\nTo start it anyway, set [hook] mode = \"warn\" in {}.",
@@ -206,10 +206,10 @@ fn check_xml(file: &Path) -> ExitCode {
         );
         return ExitCode::SUCCESS;
     }
-    let report = check_domain(&domain, &HostPaths::from_env(), &config);
+    let mut report = check_domain(&domain, &HostPaths::from_env(), &config);
     println!("domain {}:", report.domain);
-    for finding in &report.findings {
-        println!("{finding}");
+    for line in report.lines(Severity::Pass) {
+        println!("{line}");
     }
     let fails = report.at_least(Severity::Fail).count();
     let warns = report

@@ -1,0 +1,161 @@
+//! What gpu-passthrough-hook costs per libvirt call, measured on the release binary:
+//! - a domain without host devices at `prepare begin`, as a ratio of /bin/true
+//!   (goal <= 3x);
+//! - a domain with 8 GPUs (16 functions) on a fake host with 1000 PCI functions
+//!   (goal <= 10 ms per call).
+//!
+//! Prints figures; run with `make bench`.
+
+use std::fs::File;
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use integration_tests::{bin, write_file, FakeSysfs, PciFunction};
+
+/// Median over `rounds` of the mean time of `per_round` runs.
+fn time(rounds: usize, per_round: usize, mut run: impl FnMut()) -> Duration {
+    let mut samples: Vec<Duration> = (0..rounds)
+        .map(|_| {
+            let start = Instant::now();
+            for _ in 0..per_round {
+                run();
+            }
+            start.elapsed() / per_round as u32
+        })
+        .collect();
+    samples.sort();
+    samples[rounds / 2]
+}
+
+fn run_with_stdin(command: &mut Command, stdin: &Path) {
+    let status = command
+        .stdin(File::open(stdin).expect("stdin file"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .expect("run");
+    assert!(status.success(), "{command:?} failed: {status}");
+}
+
+fn hostdev(address: &str) -> String {
+    let (bus, rest) = address[5..].split_once(':').expect("address");
+    let (slot, function) = rest.split_once('.').expect("address");
+    format!(
+        "<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' \
+         bus='0x{bus}' slot='0x{slot}' function='0x{function}'/></source></hostdev>"
+    )
+}
+
+fn main() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let sysfs = FakeSysfs::new(&dir.path().join("sys"));
+    // 1000 functions: 8 GPUs with their audio functions, each pair an IOMMU group, and
+    // 984 others (NICs, NVMe, bridges) in groups of their own.
+    let mut gpus = Vec::new();
+    let mut count = 0;
+    for gpu in 0..8u32 {
+        for (function, device, class) in [(0, 0x1eb8, 0x030200), (1, 0x10f8, 0x040300)] {
+            let address = format!("0000:{:02x}:00.{function}", 0x18 + gpu * 0x10);
+            sysfs.add(&PciFunction {
+                address: &address,
+                vendor: 0x10de,
+                device,
+                class,
+                driver: Some("vfio-pci"),
+                iommu_group: Some(100 + gpu),
+            });
+            gpus.push(address);
+            count += 1;
+        }
+    }
+    let mut group = 200;
+    'outer: for bus in 0..=0xffu32 {
+        for slot in 0..0x20u32 {
+            if count == 1000 {
+                break 'outer;
+            }
+            let address = format!("0000:{bus:02x}:{slot:02x}.7");
+            sysfs.add(&PciFunction {
+                address: &address,
+                vendor: 0x8086,
+                device: 0x1572,
+                class: if slot == 0 { 0x060400 } else { 0x020000 },
+                driver: Some(if slot == 0 { "pcieport" } else { "i40e" }),
+                iommu_group: Some(group),
+            });
+            group += 1;
+            count += 1;
+        }
+    }
+    write_file(
+        &dir.path().join("proc/meminfo"),
+        "MemTotal: 1056964608 kB\n",
+    );
+    write_file(&dir.path().join("config.toml"), "");
+    std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
+    let plain = dir.path().join("plain.xml");
+    write_file(
+        &plain,
+        "<domain type='kvm'><name>plain</name><memory unit='GiB'>4</memory><devices>\
+         <disk type='file'/><interface type='bridge'/><memballoon model='virtio'/></devices></domain>",
+    );
+    let eight = dir.path().join("eight.xml");
+    let hostdevs: String = gpus.iter().map(|a| hostdev(a)).collect();
+    write_file(
+        &eight,
+        format!(
+            "<domain type='kvm'><name>eight</name><memory unit='GiB'>512</memory>\
+             <devices>{hostdevs}</devices></domain>"
+        ),
+    );
+
+    let hook = bin("gpu-passthrough-hook");
+    let hook_command = |name: &str| {
+        let mut c = Command::new(&hook);
+        c.args([name, "prepare", "begin", "-"])
+            .env("GPU_PASSTHROUGH_SYSFS", sysfs.root())
+            .env("GPU_PASSTHROUGH_PROC", dir.path().join("proc"))
+            .env("GPU_PASSTHROUGH_LIBVIRT_RUN", dir.path().join("run"))
+            .env("GPU_PASSTHROUGH_CONFIG", dir.path().join("config.toml"));
+        c
+    };
+    // The 8-GPU domain must really pass every check, or we time a refusal.
+    run_with_stdin(&mut hook_command("eight"), &eight);
+
+    let (rounds, per_round) = (11, 200);
+    let mut t_true = Duration::ZERO;
+    let mut t_plain = Duration::ZERO;
+    for _ in 0..2 {
+        t_true = time(rounds, per_round, || {
+            run_with_stdin(&mut Command::new("/bin/true"), &plain)
+        });
+        t_plain = time(rounds, per_round, || {
+            run_with_stdin(&mut hook_command("plain"), &plain)
+        });
+    }
+    let t_eight = time(rounds, per_round / 4, || {
+        run_with_stdin(&mut hook_command("eight"), &eight)
+    });
+    let us = |d: Duration| d.as_secs_f64() * 1e6;
+    println!("gpu-passthrough-hook per call (release build, median of {rounds} rounds):");
+    println!("  {:<52} {:>9.1} µs", "/bin/true", us(t_true));
+    println!(
+        "  {:<52} {:>9.1} µs",
+        "prepare begin, domain without host devices",
+        us(t_plain)
+    );
+    println!(
+        "  {:<52} {:>9.1} µs",
+        format!("prepare begin, 8 GPUs (16 functions), {count} PCI functions"),
+        us(t_eight)
+    );
+    println!(
+        "no host devices / /bin/true: {:.2}x (goal <= 3x)",
+        t_plain.as_secs_f64() / t_true.as_secs_f64()
+    );
+    println!(
+        "8 GPUs on {count} functions: {:.2} ms (goal <= 10 ms)",
+        t_eight.as_secs_f64() * 1e3
+    );
+}
