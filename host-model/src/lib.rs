@@ -16,6 +16,8 @@ pub mod memory;
 pub mod pci;
 #[cfg(feature = "host")]
 pub mod pciids;
+#[cfg(feature = "host")]
+pub mod procfs;
 
 use std::path::PathBuf;
 

@@ -1,3 +1,4 @@
 mod hook;
+mod host_model;
 mod qmp;
 mod wrapper;
