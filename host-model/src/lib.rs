@@ -40,3 +40,13 @@ pub fn proc_root_from_env() -> PathBuf {
         .filter(|p| !p.is_empty())
         .map_or_else(|| PathBuf::from("/proc"), PathBuf::from)
 }
+
+/// Bytes that every qemu-kvm-wrapper binary carries, by which the installer tells the
+/// wrapper from a real qemu at /usr/libexec/qemu-kvm, whatever the wrapper's version.
+pub const WRAPPER_MARKER: &str = "gpu-passthrough:qemu-kvm-wrapper:marker:v1";
+
+/// Whether the file content `bytes` is a qemu-kvm-wrapper binary.
+pub fn is_wrapper_binary(bytes: &[u8]) -> bool {
+    let marker = WRAPPER_MARKER.as_bytes();
+    bytes.windows(marker.len()).any(|w| w == marker)
+}

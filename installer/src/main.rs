@@ -1,8 +1,420 @@
-//! gpu-passthrough: the operator's CLI (issue 4, not built yet).
+//! gpu-passthrough: the operator's CLI for GPU passthrough hypervisors.
 
+mod check;
+mod divert;
+mod files;
+mod inventory;
+mod nova;
+mod runner;
+
+use std::fs::File;
+use std::io::Write;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use anyhow::{Context, Result};
+use clap::{CommandFactory, Parser, Subcommand};
+
+use crate::divert::{Diversion, Outcome};
+use crate::files::under;
+use crate::inventory::{parse_ids, Inventory, Sources};
+use crate::runner::Runner;
+
+const EXAMPLES: &str = "\
+Examples:
+  gpu-passthrough scan                   the GPUs, their functions, drivers, groups
+  gpu-passthrough install --dry-run      every file diff and command, nothing changed
+  gpu-passthrough install                set the host up, then reboot
+  gpu-passthrough check                  after the reboot: every line should PASS
+  gpu-passthrough nova-config --release 2024.1
+  gpu-passthrough status --prometheus > /var/lib/node_exporter/gpu.prom
+
+Exit status: 0 success, 1 a check or an action failed, 2 usage error.";
+
+/// Set up and inspect NVIDIA GPU passthrough on a libvirt/KVM hypervisor.
+#[derive(Debug, Parser)]
+#[command(name = "gpu-passthrough", version, after_help = EXAMPLES, max_term_width = 80)]
+struct Cli {
+    /// File-system root for everything read or written (a chroot, a test tree).
+    /// Under a root other than /, grubby, dracut, restorecon, systemctl and libvirtd
+    /// are not run: they act on the running system, not on DIR.
+    #[arg(long, global = true, value_name = "DIR", default_value = "/")]
+    root: PathBuf,
+    /// sysfs to read [default: $GPU_PASSTHROUGH_SYSFS, else ROOT/sys]
+    #[arg(long, global = true, value_name = "DIR")]
+    sysfs: Option<PathBuf>,
+    /// procfs to read [default: $GPU_PASSTHROUGH_PROC, else ROOT/proc]
+    #[arg(long, global = true, value_name = "DIR")]
+    proc: Option<PathBuf>,
+    /// Print data as JSON (scan, check, status).
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// List every display-class PCI function and the functions that go with it.
+    Scan,
+    /// Check the host's readiness: PASS / WARN / FAIL per check; exit 1 on any FAIL.
+    Check {
+        /// Check these GPUs (VENDOR:DEVICE, hex) instead of every NVIDIA one.
+        #[arg(long = "gpu", value_name = "VENDOR:DEVICE", value_parser = parse_ids)]
+        gpus: Vec<(u16, u16)>,
+    },
+    /// Divert /usr/libexec/qemu-kvm to the wrapper (idempotent; for RPM scriptlets).
+    ///
+    /// The real qemu is kept as /usr/libexec/qemu-kvm.orig and the wrapper from
+    /// /usr/libexec/gpu-passthrough/ takes its place. At no instant is qemu-kvm missing
+    /// or half-written. After a qemu-kvm update overwrote the wrapper, the new binary
+    /// becomes the new .orig. restorecon gives both files their qemu_exec_t label.
+    Divert {
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Put the real qemu back at /usr/libexec/qemu-kvm (idempotent).
+    Undivert {
+        /// Print what would change; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Each GPU: free, or held by which domain (Nova instance and project).
+    Status {
+        /// Prometheus text format, for node_exporter's textfile collector.
+        #[arg(long)]
+        prometheus: bool,
+    },
+    /// Print the nova.conf [pci] settings and flavor commands for this host's GPUs.
+    NovaConfig {
+        /// OpenStack release (code name or 2024.1): device_spec from Zed on,
+        /// passthrough_whitelist before.
+        #[arg(long, value_name = "NAME", default_value = "gazpacho")]
+        release: String,
+        /// Configure these GPUs (VENDOR:DEVICE, hex) instead of every NVIDIA one.
+        #[arg(long = "gpu", value_name = "VENDOR:DEVICE", value_parser = parse_ids)]
+        gpus: Vec<(u16, u16)>,
+    },
+    /// Write man pages for gpu-passthrough and its commands into DIR.
+    #[command(hide = true)]
+    Man { dir: PathBuf },
+}
+
 fn main() -> ExitCode {
-    eprintln!("gpu-passthrough: not implemented yet (see issue 4)");
-    ExitCode::from(2)
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("gpu-passthrough: {err:#}");
+            ExitCode::from(1)
+        }
+    }
+}
+
+struct Paths {
+    root: PathBuf,
+    sysfs: PathBuf,
+    proc_root: PathBuf,
+}
+
+impl Paths {
+    fn new(cli: &Cli) -> Self {
+        let from_env = |flag: &Option<PathBuf>, env: &str, default: &str| {
+            flag.clone()
+                .or_else(|| {
+                    std::env::var_os(env)
+                        .filter(|v| !v.is_empty())
+                        .map(PathBuf::from)
+                })
+                .unwrap_or_else(|| under(&cli.root, default))
+        };
+        Paths {
+            root: cli.root.clone(),
+            sysfs: from_env(&cli.sysfs, host_model::SYSFS_ENV, "/sys"),
+            proc_root: from_env(&cli.proc, host_model::PROC_ENV, "/proc"),
+        }
+    }
+
+    fn sources(&self) -> Sources {
+        let libvirt_run = std::env::var_os(host_model::libvirt::RUN_DIR_ENV)
+            .filter(|v| !v.is_empty())
+            .map_or_else(
+                || under(&self.root, host_model::libvirt::DEFAULT_RUN_DIR),
+                PathBuf::from,
+            );
+        let pci_ids = std::env::var_os(host_model::pciids::PATH_ENV)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+            .or_else(|| {
+                host_model::pciids::DEFAULT_PATHS
+                    .iter()
+                    .map(|p| under(&self.root, p))
+                    .find(|p| p.is_file())
+            });
+        Sources {
+            sysfs: self.sysfs.clone(),
+            libvirt_run,
+            pci_ids,
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    let paths = Paths::new(&cli);
+    match &cli.command {
+        Cmd::Scan => scan(&paths, cli.json),
+        Cmd::Check { gpus } => {
+            let inventory = Inventory::read(&paths.sources())?;
+            let runner = Runner::new(&paths.root, false);
+            let lines = check::run_checks(&check::Context {
+                root: &paths.root,
+                sysfs: &paths.sysfs,
+                proc_root: &paths.proc_root,
+                runner: &runner,
+                inventory: &inventory,
+                wanted: gpus,
+            });
+            if cli.json {
+                println!("{}", serde_json::to_string_pretty(&lines)?);
+            } else {
+                for line in &lines {
+                    println!("{line}");
+                }
+            }
+            Ok(if lines.iter().any(check::CheckLine::is_fail) {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Cmd::Divert { dry_run } => {
+            let runner = Runner::new(&paths.root, *dry_run);
+            let _lock = lock(&paths.root, *dry_run)?;
+            report(Diversion::under(&paths.root).divert(&runner)?, *dry_run)
+        }
+        Cmd::Undivert { dry_run } => {
+            let runner = Runner::new(&paths.root, *dry_run);
+            let _lock = lock(&paths.root, *dry_run)?;
+            report(Diversion::under(&paths.root).undivert(&runner)?, *dry_run)
+        }
+        Cmd::Status { prometheus } => {
+            if *prometheus && cli.json {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--json and --prometheus: choose one output format",
+                    )
+                    .exit();
+            }
+            status(&paths, cli.json, *prometheus)
+        }
+        Cmd::NovaConfig { release, gpus } => {
+            if let Err(e) = nova::uses_device_spec(release) {
+                // An unknown release is a usage error: exit status 2.
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::InvalidValue,
+                        format!("--release: {e:#}"),
+                    )
+                    .exit();
+            }
+            let inventory = Inventory::read(&paths.sources())?;
+            print!("{}", nova::render(&inventory.selected(gpus), release)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Man { dir } => {
+            write_man_pages(dir)?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn report(outcome: Outcome, dry_run: bool) -> Result<ExitCode> {
+    let prefix = if dry_run && outcome.changed {
+        "would: "
+    } else {
+        ""
+    };
+    for step in &outcome.steps {
+        println!("{prefix}{step}");
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Keep two installs (or an install and an RPM scriptlet) from interleaving. Waits for
+/// the other one to finish.
+fn lock(root: &Path, dry_run: bool) -> Result<Option<File>> {
+    if dry_run {
+        return Ok(None);
+    }
+    let dir = under(root, "/var/lib/gpu-passthrough");
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let path = dir.join("lock");
+    let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
+    file.lock()
+        .with_context(|| format!("cannot lock {}", path.display()))?;
+    Ok(Some(file))
+}
+
+fn scan(paths: &Paths, json: bool) -> Result<ExitCode> {
+    let inventory = Inventory::read(&paths.sources())?;
+    let entries: Vec<_> = inventory
+        .gpus
+        .iter()
+        .flat_map(|g| g.functions.iter().map(|(_, e)| e))
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&entries)?);
+        return Ok(ExitCode::SUCCESS);
+    }
+    if entries.is_empty() {
+        println!("no display-class PCI function found");
+        return Ok(ExitCode::SUCCESS);
+    }
+    let mut out = std::io::stdout().lock();
+    writeln!(
+        out,
+        "{:<14} {:<9} {:<8} {:<14} {:>5} {:<8} {:<16} NAME",
+        "ADDRESS", "IDS", "CLASS", "DRIVER", "GROUP", "NOVA", "IN USE BY"
+    )?;
+    for e in entries {
+        let indent = if e.gpu == e.address { "" } else { " " };
+        writeln!(
+            out,
+            "{:<14} {:<9} {:<8} {:<14} {:>5} {:<8} {:<16} {}",
+            format!("{indent}{}", e.address),
+            format!("{}:{}", e.vendor_id, e.device_id),
+            e.class,
+            e.driver.as_deref().unwrap_or("-"),
+            e.iommu_group.map_or("-".to_owned(), |g| g.to_string()),
+            e.nova_device_type,
+            e.in_use_by.as_deref().unwrap_or("-"),
+            e.name.as_deref().unwrap_or("-")
+        )?;
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+#[derive(serde::Serialize)]
+struct GpuStatus<'a> {
+    address: &'a str,
+    vendor_id: &'a str,
+    device_id: &'a str,
+    name: Option<&'a str>,
+    functions: Vec<&'a str>,
+    state: &'static str,
+    domain: Option<&'a str>,
+    nova_instance: Option<&'a str>,
+    nova_project: Option<&'a str>,
+}
+
+fn status(paths: &Paths, json: bool, prometheus: bool) -> Result<ExitCode> {
+    let inventory = Inventory::read(&paths.sources())?;
+    for problem in &inventory.unreadable {
+        eprintln!("gpu-passthrough: warning: cannot read a status file: {problem}");
+    }
+    let rows: Vec<GpuStatus<'_>> = inventory
+        .gpus
+        .iter()
+        .map(|g| {
+            let display = &g.functions[0].1;
+            let holder = g.functions.iter().find_map(|(_, e)| e.in_use_by.as_deref());
+            let nova = holder
+                .and_then(|d| inventory.domain(d))
+                .and_then(|d| d.nova.as_ref());
+            GpuStatus {
+                address: &display.address,
+                vendor_id: &display.vendor_id,
+                device_id: &display.device_id,
+                name: display.name.as_deref(),
+                functions: g
+                    .functions
+                    .iter()
+                    .map(|(_, e)| e.address.as_str())
+                    .collect(),
+                state: if holder.is_some() { "in-use" } else { "free" },
+                domain: holder,
+                nova_instance: nova.and_then(|n| n.name.as_deref()),
+                nova_project: nova.and_then(|n| n.project.as_deref()),
+            }
+        })
+        .collect();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&rows)?);
+    } else if prometheus {
+        print!("{}", prometheus_text(&rows));
+    } else if rows.is_empty() {
+        println!("no GPU found");
+    } else {
+        for r in &rows {
+            let who = match (r.domain, r.nova_instance, r.nova_project) {
+                (None, ..) => "free".to_owned(),
+                (Some(d), Some(i), Some(p)) => {
+                    format!("in use by {d} (Nova instance '{i}', project '{p}')")
+                }
+                (Some(d), Some(i), None) => format!("in use by {d} (Nova instance '{i}')"),
+                (Some(d), ..) => format!("in use by {d}"),
+            };
+            println!(
+                "{} {}:{} {}: {who}",
+                r.address,
+                r.vendor_id,
+                r.device_id,
+                r.name.unwrap_or("-")
+            );
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn prometheus_text(rows: &[GpuStatus<'_>]) -> String {
+    let escape = |v: &str| {
+        v.replace('\\', "\\\\")
+            .replace('"', "\\\"")
+            .replace('\n', "\\n")
+    };
+    let mut out = String::from(
+        "# HELP gpu_passthrough_gpu_in_use Whether a running domain holds the GPU (1) or it is free (0).\n\
+         # TYPE gpu_passthrough_gpu_in_use gauge\n",
+    );
+    for r in rows {
+        let mut labels = vec![
+            format!("address=\"{}\"", escape(r.address)),
+            format!("device=\"{}:{}\"", r.vendor_id, r.device_id),
+        ];
+        for (key, value) in [
+            ("name", r.name),
+            ("domain", r.domain),
+            ("nova_instance", r.nova_instance),
+            ("project", r.nova_project),
+        ] {
+            if let Some(v) = value {
+                labels.push(format!("{key}=\"{}\"", escape(v)));
+            }
+        }
+        out.push_str(&format!(
+            "gpu_passthrough_gpu_in_use{{{}}} {}\n",
+            labels.join(","),
+            u8::from(r.domain.is_some())
+        ));
+    }
+    out
+}
+
+fn write_man_pages(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let cmd = Cli::command();
+    let mut pages = vec![("gpu-passthrough".to_owned(), cmd.clone())];
+    for sub in cmd.get_subcommands().filter(|s| !s.is_hide_set()) {
+        let name = format!("gpu-passthrough-{}", sub.get_name());
+        pages.push((name.clone(), sub.clone().name(name.clone())));
+    }
+    for (name, page) in pages {
+        let path = dir.join(format!("{name}.8"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(page).section("8").render(&mut buf)?;
+        std::fs::write(&path, buf).with_context(|| format!("cannot write {}", path.display()))?;
+    }
+    Ok(())
 }

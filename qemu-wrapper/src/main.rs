@@ -31,6 +31,8 @@ const REPAIR: &str = "gpu-passthrough divert";
 const EXIT_CANNOT_EXEC: u8 = 127;
 
 fn main() -> ExitCode {
+    // Keep the marker in the binary: the installer recognises the wrapper by it.
+    std::hint::black_box(host_model::WRAPPER_MARKER.as_ptr());
     let mut argv: Vec<OsString> = std::env::args_os().collect();
     let config_path = config::path_from_env();
     let config = load_config(&config_path);

@@ -1,4 +1,5 @@
 mod hook;
 mod host_model;
+mod installer;
 mod qmp;
 mod wrapper;

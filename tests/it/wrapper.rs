@@ -418,3 +418,11 @@ fn a_target_that_leads_back_to_the_wrapper_is_refused_not_looped() {
     let out = host.run(&["-S"]);
     assert_cannot_exec(&out, &target, "led back to this wrapper");
 }
+
+#[test]
+fn the_built_wrapper_carries_the_marker_the_installer_looks_for() {
+    let bytes = std::fs::read(bin("qemu-kvm-wrapper")).expect("read the wrapper");
+    assert!(host_model::is_wrapper_binary(&bytes));
+    let stub = std::fs::read(argv_recorder()).expect("read the stub");
+    assert!(!host_model::is_wrapper_binary(&stub));
+}

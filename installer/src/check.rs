@@ -1,0 +1,319 @@
+//! `check`: is this host ready for GPU passthrough? One line per check.
+
+use std::path::Path;
+
+use host_model::checks::Severity;
+use host_model::procfs::{has_param, kernel_cmdline};
+use serde::Serialize;
+
+use crate::divert::{Diversion, State};
+use crate::files::under;
+use crate::inventory::Inventory;
+use crate::runner::{Ran, Runner};
+
+pub const HOOK_PATH: &str = "/etc/libvirt/hooks/qemu.d/gpu-passthrough";
+
+#[derive(Debug, Clone, Serialize)]
+pub struct CheckLine {
+    pub check: &'static str,
+    pub status: &'static str,
+    pub message: String,
+    pub fix: Option<String>,
+}
+
+impl CheckLine {
+    fn new(check: &'static str, severity: Severity, message: String, fix: Option<String>) -> Self {
+        CheckLine {
+            check,
+            status: match severity {
+                Severity::Pass => "PASS",
+                Severity::Warn => "WARN",
+                Severity::Fail => "FAIL",
+            },
+            message,
+            fix,
+        }
+    }
+
+    fn pass(check: &'static str, message: impl Into<String>) -> Self {
+        Self::new(check, Severity::Pass, message.into(), None)
+    }
+
+    fn warn(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(check, Severity::Warn, message.into(), Some(fix.into()))
+    }
+
+    fn fail(check: &'static str, message: impl Into<String>, fix: impl Into<String>) -> Self {
+        Self::new(check, Severity::Fail, message.into(), Some(fix.into()))
+    }
+
+    pub fn is_fail(&self) -> bool {
+        self.status == "FAIL"
+    }
+}
+
+impl std::fmt::Display for CheckLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}: {}", self.status, self.check, self.message)?;
+        if let Some(fix) = &self.fix {
+            write!(f, ". Fix: {fix}")?;
+        }
+        Ok(())
+    }
+}
+
+/// The CPU vendor and virtualisation flag, from `PROC/cpuinfo`.
+pub fn cpu(proc_root: &Path) -> (Option<String>, bool) {
+    let text = std::fs::read_to_string(proc_root.join("cpuinfo")).unwrap_or_default();
+    let field = |name: &str| {
+        text.lines()
+            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
+            .and_then(|l| l.split_once(':'))
+            .map(|(_, v)| v.trim().to_owned())
+    };
+    let flags = field("flags").unwrap_or_default();
+    let virt = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
+    (field("vendor_id"), virt)
+}
+
+pub struct Context<'a> {
+    pub root: &'a Path,
+    pub sysfs: &'a Path,
+    pub proc_root: &'a Path,
+    pub runner: &'a Runner,
+    pub inventory: &'a Inventory,
+    pub wanted: &'a [(u16, u16)],
+}
+
+pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
+    let mut lines = Vec::new();
+    let (vendor, virt) = cpu(cx.proc_root);
+    let intel = vendor.as_deref() == Some("GenuineIntel");
+    lines.push(if virt {
+        CheckLine::pass(
+            "cpu-virtualization",
+            format!("{} with vmx/svm", vendor.as_deref().unwrap_or("CPU")),
+        )
+    } else {
+        CheckLine::fail(
+            "cpu-virtualization",
+            "the CPU flags show neither vmx nor svm",
+            "enable VT-x / AMD-V in the firmware setup",
+        )
+    });
+
+    match kernel_cmdline(cx.proc_root) {
+        Ok(cmdline) => {
+            if intel && !has_param(&cmdline, "intel_iommu", Some("on")) {
+                lines.push(CheckLine::fail(
+                    "iommu-cmdline",
+                    "Intel CPU and intel_iommu=on is not on the kernel command line",
+                    "run `gpu-passthrough install` (grubby --update-kernel=ALL --args=intel_iommu=on), then reboot",
+                ));
+            } else if !has_param(&cmdline, "iommu", Some("pt")) {
+                lines.push(CheckLine::warn(
+                    "iommu-cmdline",
+                    "iommu=pt is not on the kernel command line (host DMA goes through the IOMMU)",
+                    "run `gpu-passthrough install`, then reboot",
+                ));
+            } else {
+                lines.push(CheckLine::pass(
+                    "iommu-cmdline",
+                    "the kernel command line enables the IOMMU",
+                ));
+            }
+        }
+        Err(e) => lines.push(CheckLine::fail(
+            "iommu-cmdline",
+            format!(
+                "cannot read {}: {e}",
+                cx.proc_root.join("cmdline").display()
+            ),
+            "check that /proc is mounted",
+        )),
+    }
+
+    lines.push(if host_model::pci::iommu_active(cx.sysfs) {
+        CheckLine::pass("iommu-active", "the kernel has IOMMU groups")
+    } else {
+        CheckLine::fail(
+            "iommu-active",
+            "there are no IOMMU groups: the IOMMU is off",
+            "enable VT-d / AMD-Vi in the firmware and boot with the IOMMU on (`gpu-passthrough install`, reboot)",
+        )
+    });
+
+    lines.push(if cx.sysfs.join("module/vfio_pci").exists() {
+        CheckLine::pass("vfio-modules", "vfio-pci is loaded")
+    } else {
+        CheckLine::fail(
+            "vfio-modules",
+            "vfio-pci is not loaded",
+            "run `gpu-passthrough install` (modules-load.d, dracut), then reboot; or `modprobe vfio-pci` now",
+        )
+    });
+
+    let gpus = cx.inventory.selected(cx.wanted);
+    if gpus.is_empty() {
+        lines.push(CheckLine::warn(
+            "gpus",
+            "no NVIDIA GPU (or none of --gpu) on this host",
+            "nothing to pass through; `gpu-passthrough scan` lists the display devices",
+        ));
+    }
+    for gpu in &gpus {
+        for (f, e) in &gpu.functions {
+            let what = format!("{} ({}:{})", e.address, e.vendor_id, e.device_id);
+            match f.driver.as_deref() {
+                Some("vfio-pci") => lines.push(CheckLine::pass("gpu-driver", format!("{what} is on vfio-pci"))),
+                Some("nouveau") => lines.push(CheckLine::fail(
+                    "nouveau",
+                    format!("{what} is bound to nouveau"),
+                    "run `gpu-passthrough install` (blacklists nouveau, binds vfio-pci early), then reboot",
+                )),
+                other => lines.push(CheckLine::fail(
+                    "gpu-driver",
+                    format!(
+                        "{what} is bound to {}, not vfio-pci",
+                        other.map_or("no driver".to_owned(), |d| format!("'{d}'"))
+                    ),
+                    format!("run `gpu-passthrough install --gpu {}:{}`, then reboot", e.vendor_id, e.device_id),
+                )),
+            }
+        }
+    }
+
+    let diversion = Diversion::under(cx.root);
+    lines.push(match diversion.state() {
+        Ok(State::Diverted { current }) => {
+            let executable = diversion.orig.metadata().is_ok_and(|m| {
+                use std::os::unix::fs::PermissionsExt;
+                m.permissions().mode() & 0o111 != 0
+            });
+            if !executable {
+                CheckLine::fail(
+                    "diversion",
+                    format!("{} is not executable", diversion.orig.display()),
+                    "reinstall qemu (dnf reinstall qemu-kvm-core), then `gpu-passthrough divert`",
+                )
+            } else if current {
+                CheckLine::pass(
+                    "diversion",
+                    format!("{} is the wrapper", diversion.qemu.display()),
+                )
+            } else {
+                CheckLine::warn(
+                    "diversion",
+                    format!("{} is an older wrapper", diversion.qemu.display()),
+                    "run `gpu-passthrough divert`",
+                )
+            }
+        }
+        Ok(state) => CheckLine::fail(
+            "diversion",
+            format!("{} is not diverted ({state:?})", diversion.qemu.display()),
+            "run `gpu-passthrough divert`",
+        ),
+        Err(e) => CheckLine::fail(
+            "diversion",
+            format!("{e:#}"),
+            "run `gpu-passthrough divert`",
+        ),
+    });
+
+    let hook = under(cx.root, HOOK_PATH);
+    lines.push(if hook.exists() {
+        CheckLine::pass("hook", format!("{} is installed", hook.display()))
+    } else {
+        CheckLine::fail(
+            "hook",
+            format!("{} is missing", hook.display()),
+            "run `gpu-passthrough install`, then restart libvirtd",
+        )
+    });
+    lines.push(match cx.runner.query("libvirtd", &["--version"]) {
+        Ok(Ran::Done(out)) => match libvirt_version(&out) {
+            Some(v) if v >= (6, 5) => CheckLine::pass("libvirt", format!("libvirt {}.{} reads hooks/qemu.d", v.0, v.1)),
+            Some(v) => CheckLine::fail(
+                "libvirt",
+                format!("libvirt {}.{} predates hooks/qemu.d (6.5)", v.0, v.1),
+                "install the hook as /etc/libvirt/hooks/qemu (`gpu-passthrough install` does when that file is free), or update libvirt",
+            ),
+            None => CheckLine::warn("libvirt", format!("cannot read a version from {:?}", out.trim()), "check libvirtd --version"),
+        },
+        Ok(Ran::Skipped(why)) => CheckLine::warn("libvirt", format!("version unknown: {why}"), "check `libvirtd --version` >= 6.5"),
+        Err(e) => CheckLine::warn("libvirt", format!("{e:#}"), "check `libvirtd --version` >= 6.5"),
+    });
+
+    let nova_conf = under(cx.root, "/etc/nova/nova.conf");
+    if let Ok(text) = std::fs::read_to_string(&nova_conf) {
+        let ratio = ini_value(&text, "DEFAULT", "ram_allocation_ratio");
+        lines.push(match ratio.as_deref().and_then(|r| r.parse::<f64>().ok()) {
+            Some(1.0) => CheckLine::pass("nova", "ram_allocation_ratio = 1.0"),
+            _ => CheckLine::fail(
+                "nova",
+                format!(
+                    "{}: ram_allocation_ratio is {}: Nova would overcommit memory that VFIO pins",
+                    nova_conf.display(),
+                    ratio.as_deref().unwrap_or("unset (default 1.5)")
+                ),
+                "set ram_allocation_ratio = 1.0 in [DEFAULT] (`gpu-passthrough nova-config` prints it)",
+            ),
+        });
+    }
+
+    let config = std::env::var_os(host_model::config::PATH_ENV).map_or_else(
+        || under(cx.root, host_model::config::DEFAULT_PATH),
+        Into::into,
+    );
+    lines.push(match host_model::config::load(&config) {
+        Ok(_) => CheckLine::pass("config", format!("{} is valid", config.display())),
+        Err(e) => CheckLine::fail("config", e.to_string(), "correct the file"),
+    });
+    lines
+}
+
+/// `libvirtd (libvirt) 8.0.0` gives (8, 0).
+pub fn libvirt_version(out: &str) -> Option<(u32, u32)> {
+    let word = out.split_whitespace().last()?;
+    let mut parts = word.split('.');
+    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
+}
+
+/// A key of an INI section, as nova.conf has them.
+pub fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
+    let mut current = String::new();
+    let mut found = None;
+    for line in text.lines().map(str::trim) {
+        if line.starts_with('#') || line.starts_with(';') {
+            continue;
+        }
+        if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = name.trim().to_owned();
+        } else if current.eq_ignore_ascii_case(section) {
+            if let Some((k, v)) = line.split_once('=') {
+                if k.trim() == key {
+                    found = Some(v.trim().to_owned());
+                }
+            }
+        }
+    }
+    found
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn versions_and_ini() {
+        assert_eq!(libvirt_version("libvirtd (libvirt) 8.0.0\n"), Some((8, 0)));
+        assert_eq!(libvirt_version("garbage"), None);
+        let conf = "[DEFAULT]\n# ram_allocation_ratio = 2.0\nram_allocation_ratio = 1.0\n[pci]\nram_allocation_ratio = 9\n";
+        assert_eq!(
+            ini_value(conf, "DEFAULT", "ram_allocation_ratio").as_deref(),
+            Some("1.0")
+        );
+        assert_eq!(ini_value(conf, "libvirt", "x"), None);
+    }
+}

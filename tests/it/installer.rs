@@ -1,0 +1,648 @@
+//! gpu-passthrough (the installer and admin CLI), the built binary, on fake hosts.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use integration_tests::{
+    argv_recorder, bin, in_ci, read_recorded, which, write_file, write_link, FakeSysfs, PciFunction,
+};
+use serde_json::Value;
+use tempfile::TempDir;
+
+const PCI_IDS: &str = "10de  NVIDIA Corporation\n\t10ef  GP102 HDMI Audio Controller\n\t1b02  GP102 [TITAN Xp]\n\t1e87  TU104 [GeForce RTX 2080 Rev. A]\n\t10f8  TU104 HD Audio Controller\n\t1ad8  TU104 USB 3.1 Host Controller\n\t1ad9  TU104 USB Type-C UCSI Controller\n\t1eb8  TU104GL [Tesla T4]\n\t25b6  GA107GL [A16]\n1a03  ASPEED Technology, Inc.\n\t2000  ASPEED Graphics Family\n8086  Intel Corporation\n\t1572  Ethernet Controller X710\n";
+
+/// A hypervisor root: sysfs, proc, pci.ids, /usr/libexec with a "real qemu" and the
+/// packaged wrapper.
+struct Host {
+    dir: TempDir,
+    sysfs: FakeSysfs,
+}
+
+fn f<'a>(
+    address: &'a str,
+    vendor: u16,
+    device: u16,
+    class: u32,
+    driver: Option<&'a str>,
+    group: u32,
+) -> PciFunction<'a> {
+    PciFunction {
+        address,
+        vendor,
+        device,
+        class,
+        driver,
+        iommu_group: Some(group),
+    }
+}
+
+impl Host {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sysfs = FakeSysfs::new(&dir.path().join("sys"));
+        let host = Host { dir, sysfs };
+        write_file(&host.path("usr/share/hwdata/pci.ids"), PCI_IDS);
+        write_file(
+            &host.path("proc/cmdline"),
+            "BOOT_IMAGE=/vmlinuz-4.18.0 ro\n",
+        );
+        host.cpu("GenuineIntel", "fpu vmx sse");
+        host
+    }
+
+    /// The GPU zoo: Titan Xp (2 functions), T4, RTX 2080 (4 functions), the BMC's
+    /// ASPEED VGA, a NIC.
+    fn with_gpus() -> Self {
+        let host = Host::new();
+        for func in [
+            f(
+                "0000:18:00.0",
+                0x10de,
+                0x1b02,
+                0x030000,
+                Some("nouveau"),
+                30,
+            ),
+            f(
+                "0000:18:00.1",
+                0x10de,
+                0x10ef,
+                0x040300,
+                Some("snd_hda_intel"),
+                30,
+            ),
+            f(
+                "0000:3b:00.0",
+                0x10de,
+                0x1eb8,
+                0x030200,
+                Some("vfio-pci"),
+                40,
+            ),
+            f(
+                "0000:5e:00.0",
+                0x10de,
+                0x1e87,
+                0x030000,
+                Some("vfio-pci"),
+                50,
+            ),
+            f(
+                "0000:5e:00.1",
+                0x10de,
+                0x10f8,
+                0x040300,
+                Some("vfio-pci"),
+                50,
+            ),
+            f(
+                "0000:5e:00.2",
+                0x10de,
+                0x1ad8,
+                0x0c0330,
+                Some("vfio-pci"),
+                50,
+            ),
+            f(
+                "0000:5e:00.3",
+                0x10de,
+                0x1ad9,
+                0x0c8000,
+                Some("vfio-pci"),
+                50,
+            ),
+            f("0000:03:00.0", 0x1a03, 0x2000, 0x030000, Some("ast"), 5),
+            f("0000:1a:00.0", 0x8086, 0x1572, 0x020000, Some("i40e"), 31),
+        ] {
+            host.sysfs.add(&func);
+        }
+        host
+    }
+
+    fn path(&self, rel: &str) -> PathBuf {
+        self.dir.path().join(rel)
+    }
+
+    fn cpu(&self, vendor: &str, flags: &str) {
+        write_file(
+            &self.path("proc/cpuinfo"),
+            format!("processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n"),
+        );
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(bin("gpu-passthrough"));
+        c.arg("--root")
+            .arg(self.dir.path())
+            .args(args)
+            .env_remove("GPU_PASSTHROUGH_SYSFS")
+            .env_remove("GPU_PASSTHROUGH_PROC")
+            .env_remove("GPU_PASSTHROUGH_CONFIG")
+            .env_remove("GPU_PASSTHROUGH_LIBVIRT_RUN")
+            .env_remove("GPU_PASSTHROUGH_PCI_IDS");
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        self.command(args).output().expect("run gpu-passthrough")
+    }
+
+    fn json(&self, args: &[&str]) -> Value {
+        let out = self.run(args);
+        assert!(out.status.success(), "{args:?}: {}", stderr(&out));
+        serde_json::from_slice(&out.stdout).expect("JSON on stdout")
+    }
+
+    fn running(&self, name: &str, hostdevs: &[&str], metadata: &str) {
+        let mut devices = String::new();
+        for a in hostdevs {
+            let (d, rest) = a.split_once(':').expect("addr");
+            let (b, rest) = rest.split_once(':').expect("addr");
+            let (s, func) = rest.split_once('.').expect("addr");
+            devices.push_str(&format!("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x{d}' bus='0x{b}' slot='0x{s}' function='0x{func}'/></source></hostdev>"));
+        }
+        write_file(
+            &self.path(&format!("run/libvirt/qemu/{name}.xml")),
+            format!("<domstatus state='running'><domain type='kvm'><name>{name}</name><memory>1048576</memory>{metadata}<devices>{devices}</devices></domain></domstatus>"),
+        );
+    }
+}
+
+fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn scan_lists_every_display_function_with_its_companions() {
+    let host = Host::with_gpus();
+    let v = host.json(&["scan", "--json"]);
+    let entries = v.as_array().expect("a list");
+    let addresses: Vec<&str> = entries
+        .iter()
+        .map(|e| e["address"].as_str().expect("address"))
+        .collect();
+    assert_eq!(
+        addresses,
+        [
+            "0000:03:00.0",
+            "0000:18:00.0",
+            "0000:18:00.1",
+            "0000:3b:00.0",
+            "0000:5e:00.0",
+            "0000:5e:00.1",
+            "0000:5e:00.2",
+            "0000:5e:00.3"
+        ],
+        "the BMC VGA is listed (scan shows all), the NIC is not"
+    );
+    let titan = &entries[1];
+    assert_eq!(titan["vendor_id"], "10de");
+    assert_eq!(titan["device_id"], "1b02");
+    assert_eq!(titan["class"], "0x030000");
+    assert_eq!(titan["name"], "NVIDIA Corporation GP102 [TITAN Xp]");
+    assert_eq!(titan["driver"], "nouveau");
+    assert_eq!(titan["iommu_group"], 30);
+    assert_eq!(
+        titan["iommu_group_members"],
+        serde_json::json!(["0000:18:00.0", "0000:18:00.1"])
+    );
+    assert_eq!(titan["nova_device_type"], "type-PCI");
+    assert_eq!(titan["in_use_by"], Value::Null);
+    assert_eq!(entries[2]["gpu"], "0000:18:00.0");
+
+    let table = stdout(&host.run(&["scan"]));
+    assert!(table.starts_with("ADDRESS"), "{table}");
+    assert!(
+        table.contains("0000:18:00.0   10de:1b02 0x030000 nouveau"),
+        "{table}"
+    );
+    assert!(
+        table.contains(" 0000:18:00.1"),
+        "companions are indented: {table}"
+    );
+}
+
+#[test]
+fn scan_knows_sriov_and_who_holds_what() {
+    let host = Host::new();
+    host.sysfs.add(&f(
+        "0000:af:00.0",
+        0x10de,
+        0x25b6,
+        0x030200,
+        Some("nvidia"),
+        60,
+    ));
+    write_file(
+        &host.sysfs.device_dir("0000:af:00.0").join("sriov_totalvfs"),
+        "16\n",
+    );
+    host.sysfs.add(&f(
+        "0000:af:00.4",
+        0x10de,
+        0x25b6,
+        0x030200,
+        Some("nvidia"),
+        61,
+    ));
+    write_link(
+        &host.sysfs.device_dir("0000:af:00.4").join("physfn"),
+        "../0000:af:00.0",
+    );
+    host.running("instance-00000007", &["0000:af:00.4"], "");
+    let v = host.json(&["scan", "--json"]);
+    let types: Vec<(&str, &str, &Value)> = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|e| {
+            (
+                e["address"].as_str().expect("a"),
+                e["nova_device_type"].as_str().expect("t"),
+                &e["in_use_by"],
+            )
+        })
+        .collect();
+    assert_eq!(types[0].1, "type-PF");
+    assert_eq!(
+        types[1],
+        ("0000:af:00.4", "type-VF", &Value::from("instance-00000007"))
+    );
+}
+
+#[test]
+fn a_host_without_gpus_scans_empty_and_has_nothing_for_nova() {
+    let host = Host::new();
+    host.sysfs.add(&f(
+        "0000:1a:00.0",
+        0x8086,
+        0x1572,
+        0x020000,
+        Some("i40e"),
+        31,
+    ));
+    assert_eq!(host.json(&["scan", "--json"]), serde_json::json!([]));
+    let out = host.run(&["nova-config"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no NVIDIA GPU found"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn status_names_the_domain_nova_instance_and_project() {
+    let host = Host::with_gpus();
+    let nova = "<metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'><nova:name>gpu-worker-1</nova:name><nova:owner><nova:project uuid='p'>climate \"lab\"</nova:project></nova:owner></nova:instance></metadata>";
+    host.running("instance-0000002a", &["0000:18:00.0", "0000:18:00.1"], nova);
+    let v = host.json(&["status", "--json"]);
+    let titan = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|g| g["address"] == "0000:18:00.0")
+        .expect("the Titan Xp");
+    assert_eq!(titan["state"], "in-use");
+    assert_eq!(titan["domain"], "instance-0000002a");
+    assert_eq!(titan["nova_instance"], "gpu-worker-1");
+    assert_eq!(titan["nova_project"], "climate \"lab\"");
+    let t4 = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .find(|g| g["address"] == "0000:3b:00.0")
+        .expect("T4");
+    assert_eq!(t4["state"], "free");
+
+    let prom = stdout(&host.run(&["status", "--prometheus"]));
+    assert!(
+        prom.contains("# TYPE gpu_passthrough_gpu_in_use gauge\n"),
+        "{prom}"
+    );
+    assert!(
+        prom.contains("gpu_passthrough_gpu_in_use{address=\"0000:18:00.0\",device=\"10de:1b02\",name=\"NVIDIA Corporation GP102 [TITAN Xp]\",domain=\"instance-0000002a\",nova_instance=\"gpu-worker-1\",project=\"climate \\\"lab\\\"\"} 1\n"),
+        "{prom}"
+    );
+    assert!(prom.contains("gpu_passthrough_gpu_in_use{address=\"0000:3b:00.0\",device=\"10de:1eb8\",name=\"NVIDIA Corporation TU104GL [Tesla T4]\"} 0\n"), "{prom}");
+    let human = stdout(&host.run(&["status"]));
+    assert!(human.contains("0000:18:00.0 10de:1b02 NVIDIA Corporation GP102 [TITAN Xp]: in use by instance-0000002a (Nova instance 'gpu-worker-1'"), "{human}");
+}
+
+#[test]
+fn nova_config_has_an_alias_per_function_type_and_a_flavor_per_gpu() {
+    let host = Host::with_gpus();
+    let out = host.run(&["nova-config", "--release", "2024.1"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let aliases: Vec<Value> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("alias = "))
+        .map(|j| serde_json::from_str(j).expect("each alias line is JSON"))
+        .collect();
+    let names: Vec<&str> = aliases
+        .iter()
+        .map(|a| a["name"].as_str().expect("name"))
+        .collect();
+    assert!(
+        names.contains(&"GP102_VGA") && names.contains(&"GP102_SND"),
+        "{names:?}"
+    );
+    assert!(names.contains(&"TU104GL_3D"), "{names:?}");
+    for t in ["TU104_VGA", "TU104_SND", "TU104_USB", "TU104_UCSI"] {
+        assert!(names.contains(&t), "{t} in {names:?}");
+    }
+    assert!(
+        !text.contains("1a03"),
+        "the BMC VGA is not configured: {text}"
+    );
+    assert!(
+        text.contains("device_spec = {\"vendor_id\": \"10de\", \"product_id\": \"1b02\"}"),
+        "{text}"
+    );
+    for line in text.lines().filter(|l| l.starts_with("device_spec = ")) {
+        let _: Value = serde_json::from_str(&line["device_spec = ".len()..]).expect("JSON");
+    }
+    assert!(text.contains("ram_allocation_ratio = 1.0"), "{text}");
+    assert!(text.contains("PciPassthroughFilter"), "{text}");
+    assert!(text.contains("openstack flavor set gpu.gp102 --property \"pci_passthrough:alias\"=\"GP102_VGA:1,GP102_SND:1\""), "{text}");
+    assert!(
+        text.contains(
+            "\"pci_passthrough:alias\"=\"TU104_VGA:1,TU104_SND:1,TU104_USB:1,TU104_UCSI:1\""
+        ),
+        "{text}"
+    );
+
+    let old = stdout(&host.run(&["nova-config", "--release", "yoga"]));
+    assert!(
+        old.contains("passthrough_whitelist = {") && !old.contains("device_spec"),
+        "{old}"
+    );
+    let bad = host.run(&["nova-config", "--release", "folsom"]);
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        stderr(&bad).contains("unknown OpenStack release"),
+        "{}",
+        stderr(&bad)
+    );
+}
+
+#[test]
+fn check_fails_on_an_unprepared_intel_host_and_names_the_fixes() {
+    let host = Host::with_gpus();
+    let out = host.run(&["check"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = stdout(&out);
+    for needle in [
+        "PASS cpu-virtualization: GenuineIntel with vmx/svm",
+        "FAIL iommu-cmdline: Intel CPU and intel_iommu=on is not on the kernel command line",
+        "PASS iommu-active",
+        "FAIL vfio-modules",
+        "FAIL nouveau: 0000:18:00.0 (10de:1b02) is bound to nouveau",
+        "FAIL gpu-driver: 0000:18:00.1 (10de:10ef) is bound to 'snd_hda_intel'",
+        "PASS gpu-driver: 0000:3b:00.0 (10de:1eb8) is on vfio-pci",
+        "FAIL diversion",
+        "FAIL hook",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("0000:03:00.0"),
+        "the BMC VGA is not checked: {text}"
+    );
+    let out = host.run(&["check", "--json"]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert!(v
+        .as_array()
+        .expect("list")
+        .iter()
+        .any(|c| c["status"] == "FAIL" && c["check"] == "nouveau"));
+}
+
+#[test]
+fn check_on_amd_needs_no_intel_iommu_and_reads_nova_conf() {
+    let host = Host::with_gpus();
+    host.cpu("AuthenticAMD", "fpu svm");
+    write_file(
+        &host.path("proc/cmdline"),
+        "ro iommu=pt rd.driver.pre=vfio-pci\n",
+    );
+    write_file(
+        &host.path("etc/nova/nova.conf"),
+        "[DEFAULT]\nram_allocation_ratio = 1.5\n",
+    );
+    let text = stdout(&host.run(&["check", "--gpu", "10de:1eb8"]));
+    assert!(text.contains("PASS iommu-cmdline"), "{text}");
+    assert!(
+        text.contains("FAIL nova: ") && text.contains("ram_allocation_ratio is 1.5"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("0000:18:00.0"),
+        "--gpu limits the GPUs: {text}"
+    );
+    let usage = host.run(&["check", "--gpu", "nvidia"]);
+    assert_eq!(usage.status.code(), Some(2), "{}", stderr(&usage));
+}
+
+/// A root with a "real qemu" (the argv recorder) and the packaged wrapper.
+fn qemu_root() -> Host {
+    let host = Host::new();
+    let libexec = host.path("usr/libexec");
+    std::fs::create_dir_all(libexec.join("gpu-passthrough")).expect("mkdir");
+    std::fs::copy(argv_recorder(), libexec.join("qemu-kvm")).expect("real qemu");
+    std::fs::copy(
+        bin("qemu-kvm-wrapper"),
+        libexec.join("gpu-passthrough/qemu-kvm-wrapper"),
+    )
+    .expect("wrapper");
+    host
+}
+
+fn content(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn is_executable(path: &Path) -> bool {
+    path.metadata()
+        .is_ok_and(|m| m.permissions().mode() & 0o111 != 0)
+}
+
+#[test]
+fn divert_and_undivert_round_trip_idempotently() {
+    let host = qemu_root();
+    let qemu = host.path("usr/libexec/qemu-kvm");
+    let orig = host.path("usr/libexec/qemu-kvm.orig");
+    let real = content(&qemu);
+    let wrapper = content(&bin("qemu-kvm-wrapper"));
+
+    let dry = host.run(&["divert", "--dry-run"]);
+    assert!(dry.status.success(), "{}", stderr(&dry));
+    assert!(
+        stdout(&dry).contains("would: install the wrapper"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(content(&qemu), real, "--dry-run changes nothing");
+    assert!(!orig.exists());
+
+    let out = host.run(&["divert"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(content(&qemu), wrapper);
+    assert_eq!(content(&orig), real);
+    assert!(is_executable(&qemu) && is_executable(&orig));
+    assert!(
+        stdout(&out).contains("not run under --root: restorecon -F"),
+        "{}",
+        stdout(&out)
+    );
+
+    let again = host.run(&["divert"]);
+    assert!(
+        stdout(&again).contains("nothing to do"),
+        "{}",
+        stdout(&again)
+    );
+
+    // The diverted qemu-kvm works: the wrapper runs the real qemu.
+    write_file(
+        &host.path("config.toml"),
+        format!("[wrapper]\ntarget = {:?}\n", orig.display()),
+    );
+    let ran = Command::new(&qemu)
+        .args(["-S", "-cpu", "host"])
+        .env("GPU_PASSTHROUGH_CONFIG", host.path("config.toml"))
+        .env("ARGV_RECORDER_OUT", host.path("argv"))
+        .status()
+        .expect("run qemu-kvm");
+    assert!(ran.success());
+    assert_eq!(read_recorded(&host.path("argv")).argv[1], b"-S");
+
+    // A qemu-kvm update overwrites the wrapper: divert takes the new one as .orig.
+    let mut newer = real.clone();
+    newer.extend_from_slice(b"qemu-kvm 6.2.0-41");
+    std::fs::write(&qemu, &newer).expect("update");
+    let out = host.run(&["divert"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(content(&orig), newer);
+    assert_eq!(content(&qemu), wrapper);
+
+    let out = host.run(&["undivert"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(content(&qemu), newer);
+    assert!(!orig.exists());
+    assert!(stdout(&host.run(&["undivert"])).contains("nothing to do"));
+}
+
+#[test]
+fn divert_never_puts_the_wrapper_onto_itself() {
+    let host = qemu_root();
+    let qemu = host.path("usr/libexec/qemu-kvm");
+    std::fs::copy(bin("qemu-kvm-wrapper"), &qemu).expect("wrapper as qemu-kvm");
+    let out = host.run(&["divert"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("not diverting the wrapper onto itself"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(!host.path("usr/libexec/qemu-kvm.orig").exists());
+
+    std::fs::remove_file(&qemu).expect("rm");
+    let out = host.run(&["divert"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("qemu-kvm does not exist"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+/// strace's fault injection into each rename/link/write/fsync that divert and undivert
+/// make: whatever fails, qemu-kvm is whole and executable, and a clean run finishes.
+#[test]
+fn qemu_kvm_stays_whole_whatever_syscall_fails() {
+    if which("strace").is_none() {
+        assert!(!in_ci(), "strace is missing in CI (apt-get install strace)");
+        eprintln!("SKIP: strace is not installed");
+        return;
+    }
+    let wrapper = content(&bin("qemu-kvm-wrapper"));
+    let mut injected = 0;
+    for syscall in ["rename", "link", "write", "fsync", "openat", "fchmod"] {
+        for when in 1..=4 {
+            for command in ["divert", "undivert"] {
+                let host = qemu_root();
+                let qemu = host.path("usr/libexec/qemu-kvm");
+                let real = content(&qemu);
+                if command == "undivert" {
+                    assert!(host.run(&["divert"]).status.success());
+                }
+                let out = Command::new("strace")
+                    .args(["-f", "-qq", "-o", "/dev/null", "-e"])
+                    .arg(format!("inject={syscall}:error=EIO:when={when}"))
+                    .arg(bin("gpu-passthrough"))
+                    .arg("--root")
+                    .arg(host.dir.path())
+                    .arg(command)
+                    .output()
+                    .expect("run strace");
+                if !out.status.success() {
+                    injected += 1;
+                }
+                let now = content(&qemu);
+                assert!(
+                    now == real || now == wrapper,
+                    "{command} with {syscall} #{when} failing left qemu-kvm neither the real qemu nor the wrapper"
+                );
+                assert!(is_executable(&qemu), "{command}, {syscall} #{when}");
+                // A clean run afterwards reaches the intended state.
+                let out = host.run(&[command]);
+                assert!(
+                    out.status.success(),
+                    "{command} after {syscall} #{when}: {}",
+                    stderr(&out)
+                );
+                let expected = if command == "divert" { &wrapper } else { &real };
+                assert_eq!(
+                    &content(&qemu),
+                    expected,
+                    "{command} after {syscall} #{when}"
+                );
+            }
+        }
+    }
+    assert!(injected > 10, "the injections made runs fail ({injected})");
+}
+
+#[test]
+fn help_teaches_and_man_pages_are_generated() {
+    let host = Host::new();
+    let help = stdout(&host.run(&["--help"]));
+    assert!(
+        help.contains("Examples:") && help.contains("gpu-passthrough install --dry-run"),
+        "{help}"
+    );
+    assert!(
+        help.lines().all(|l| l.chars().count() <= 80),
+        "80 columns: {help}"
+    );
+    let dir = host.path("man");
+    let out = host.run(&["man", dir.to_str().expect("utf-8")]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let page = std::fs::read_to_string(dir.join("gpu-passthrough-divert.8")).expect("man page");
+    assert!(page.contains(".TH gpu-passthrough-divert 8"), "{page}");
+    assert_eq!(host.run(&["frobnicate"]).status.code(), Some(2));
+    assert_eq!(
+        host.run(&["status", "--json", "--prometheus"])
+            .status
+            .code(),
+        Some(2)
+    );
+}
