@@ -13,6 +13,10 @@ use std::path::{Path, PathBuf};
 
 use toml::de::{DeTable, DeValue};
 
+/// The configuration file the package and the installer put in place: every key
+/// commented out at its default.
+pub const DEFAULT_FILE: &str = include_str!("../../rpm/config.toml");
+
 /// Where the configuration lives on a host.
 pub const DEFAULT_PATH: &str = "/etc/gpu-passthrough/config.toml";
 /// Environment variable that replaces [`DEFAULT_PATH`] (tests, unusual hosts).
@@ -438,6 +442,31 @@ mod tests {
         assert_eq!(parsed.config.wrapper.target, Path::new(DEFAULT_TARGET));
         assert_eq!(parsed.config.wrapper.apply_to, ApplyTo::Gpu);
         assert_eq!(parsed.config.hook.reserved_host_memory_mib, 4096);
+    }
+
+    #[test]
+    fn the_shipped_file_is_valid_and_documents_every_default() {
+        let parsed = parse(DEFAULT_FILE);
+        assert_eq!(parsed.problems, vec![]);
+        assert_eq!(parsed.config, Config::default());
+        // Uncommenting every key gives the defaults too: the comments are right.
+        let uncommented = DEFAULT_FILE
+            .replace("\n#target", "\ntarget")
+            .replace("\n#hv_vendor_id", "\nhv_vendor_id")
+            .replace("\n#hide_kvm", "\nhide_kvm")
+            .replace("\n#apply_to", "\napply_to")
+            .replace("\n#mode", "\nmode")
+            .replace("\n#reserved_host_memory_mib", "\nreserved_host_memory_mib");
+        let parsed = parse(&uncommented);
+        assert_eq!(parsed.problems, vec![]);
+        assert_eq!(parsed.config, Config::default());
+        assert_eq!(
+            uncommented
+                .lines()
+                .filter(|l| l.contains(" = ") && !l.starts_with('#'))
+                .count(),
+            6
+        );
     }
 
     #[test]

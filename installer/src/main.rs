@@ -3,6 +3,7 @@
 mod check;
 mod divert;
 mod files;
+mod install;
 mod inventory;
 mod nova;
 mod runner;
@@ -36,8 +37,9 @@ Exit status: 0 success, 1 a check or an action failed, 2 usage error.";
 #[command(name = "gpu-passthrough", version, after_help = EXAMPLES, max_term_width = 80)]
 struct Cli {
     /// File-system root for everything read or written (a chroot, a test tree).
-    /// Under a root other than /, grubby, dracut, restorecon, systemctl and libvirtd
-    /// are not run: they act on the running system, not on DIR.
+    /// Under a root other than /, grubby, dracut, semodule and restorecon are not
+    /// run (they act on the running system, not on DIR); `libvirtd --version` is
+    /// still asked, to pick the hook's place.
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     root: PathBuf,
     /// sysfs to read [default: $GPU_PASSTHROUGH_SYSFS, else ROOT/sys]
@@ -62,6 +64,32 @@ enum Cmd {
         /// Check these GPUs (VENDOR:DEVICE, hex) instead of every NVIDIA one.
         #[arg(long = "gpu", value_name = "VENDOR:DEVICE", value_parser = parse_ids)]
         gpus: Vec<(u16, u16)>,
+    },
+    /// Set the host up: IOMMU on, GPUs on vfio-pci from boot, qemu-kvm diverted to
+    /// the wrapper, the libvirt hook installed. Then reboot.
+    ///
+    /// Kernel arguments (grubby --update-kernel=ALL, and GRUB_CMDLINE_LINUX in
+    /// /etc/default/grub for future kernels): intel_iommu=on on Intel, iommu=pt,
+    /// rd.driver.pre=vfio-pci. modprobe.d: vfio-pci ids, softdeps so vfio-pci wins,
+    /// nouveau blacklisted. modules-load.d, dracut.conf.d, then dracut -f. The
+    /// config file if absent, and its SELinux label (semodule). Every changed file
+    /// is backed up under /var/lib/gpu-passthrough for `uninstall`. A second run
+    /// changes nothing. A failing step undoes the steps before it.
+    Install {
+        /// Print a unified diff of every file and every command; change nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Set up these GPUs (VENDOR:DEVICE, hex; repeat) instead of every NVIDIA
+        /// one. Their sibling functions (audio, USB, UCSI) come along.
+        #[arg(long = "gpu", value_name = "VENDOR:DEVICE", value_parser = parse_ids)]
+        gpus: Vec<(u16, u16)>,
+    },
+    /// Undo `install`: every file back as it was (content and mode), what install
+    /// created removed, the diversion undone, the kernel arguments removed.
+    Uninstall {
+        /// Print what would be undone; change nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
     /// Divert /usr/libexec/qemu-kvm to the wrapper (idempotent; for RPM scriptlets).
     ///
@@ -188,14 +216,55 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Cmd::Install { dry_run, gpus } => {
+            let runner = Runner::new(&paths.root, *dry_run);
+            let lock_dirs = install::missing_dirs(&paths.root, install::STATE_DIR);
+            let _lock = lock(&paths.root, *dry_run, false)?;
+            let inventory = Inventory::read(&paths.sources())?;
+            let host = install::Host {
+                root: &paths.root,
+                proc_root: &paths.proc_root,
+                runner: &runner,
+                lock_dirs_created: if *dry_run { Vec::new() } else { lock_dirs },
+            };
+            let plan = install::plan(&host, &inventory.selected(gpus))?;
+            if plan.is_empty() {
+                println!("this host is set up already: nothing to change");
+                return Ok(ExitCode::SUCCESS);
+            }
+            if *dry_run {
+                print!("{}", install::render(&plan));
+                return Ok(ExitCode::SUCCESS);
+            }
+            for step in install::apply(&plan, &host)? {
+                println!("{step}");
+            }
+            println!("{}", install::next_steps(&plan));
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Uninstall { dry_run } => {
+            let runner = Runner::new(&paths.root, *dry_run);
+            let _lock = lock(&paths.root, *dry_run, false)?;
+            let host = install::Host {
+                root: &paths.root,
+                proc_root: &paths.proc_root,
+                runner: &runner,
+                lock_dirs_created: Vec::new(),
+            };
+            let prefix = if *dry_run { "would: " } else { "" };
+            for step in install::uninstall(&host)? {
+                println!("{prefix}{step}");
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Divert { dry_run } => {
             let runner = Runner::new(&paths.root, *dry_run);
-            let _lock = lock(&paths.root, *dry_run)?;
+            let _lock = lock(&paths.root, *dry_run, true)?;
             report(Diversion::under(&paths.root).divert(&runner)?, *dry_run)
         }
         Cmd::Undivert { dry_run } => {
             let runner = Runner::new(&paths.root, *dry_run);
-            let _lock = lock(&paths.root, *dry_run)?;
+            let _lock = lock(&paths.root, *dry_run, true)?;
             report(Diversion::under(&paths.root).undivert(&runner)?, *dry_run)
         }
         Cmd::Status { prometheus } => {
@@ -244,7 +313,10 @@ fn report(outcome: Outcome, dry_run: bool) -> Result<ExitCode> {
 
 /// Keep two installs (or an install and an RPM scriptlet) from interleaving. Waits for
 /// the other one to finish.
-fn lock(root: &Path, dry_run: bool) -> Result<Option<File>> {
+///
+/// `wait`: divert and undivert (called from RPM scriptlets) wait their turn; install and
+/// uninstall, run by a person, say who holds the lock instead.
+fn lock(root: &Path, dry_run: bool, wait: bool) -> Result<Option<File>> {
     if dry_run {
         return Ok(None);
     }
@@ -252,8 +324,22 @@ fn lock(root: &Path, dry_run: bool) -> Result<Option<File>> {
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
     let path = dir.join("lock");
     let file = File::create(&path).with_context(|| format!("cannot open {}", path.display()))?;
-    file.lock()
-        .with_context(|| format!("cannot lock {}", path.display()))?;
+    if wait {
+        file.lock()
+            .with_context(|| format!("cannot lock {}", path.display()))?;
+    } else {
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+                "another gpu-passthrough install, uninstall or divert is running (it holds {}): \
+                 wait for it to finish, then run this again",
+                path.display()
+            ),
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(e).with_context(|| format!("cannot lock {}", path.display()))
+            }
+        }
+    }
     Ok(Some(file))
 }
 

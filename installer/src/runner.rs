@@ -49,11 +49,12 @@ impl Runner {
         run_path(&path, &line, args)
     }
 
-    /// Like [`Runner::run`] but a read-only query that is fine under `--dry-run`.
+    /// Like [`Runner::run`] for a read-only query (`libvirtd --version`): it runs
+    /// under `--dry-run` and `--root` too.
     pub fn query(&self, program: &str, args: &[&str]) -> Result<Ran> {
         Runner {
             dry_run: false,
-            ..self.clone()
+            acts_on_host: true,
         }
         .run(program, args)
     }

@@ -646,3 +646,328 @@ fn help_teaches_and_man_pages_are_generated() {
         Some(2)
     );
 }
+
+/// Every file and directory under the root but sys/ and proc/: path, mode, content.
+fn snapshot(root: &Path) -> Vec<(String, u32, Vec<u8>)> {
+    fn walk(root: &Path, dir: &Path, out: &mut Vec<(String, u32, Vec<u8>)>) {
+        let mut entries: Vec<_> = std::fs::read_dir(dir)
+            .expect("read_dir")
+            .map(|e| e.expect("entry").path())
+            .collect();
+        entries.sort();
+        for p in entries {
+            let rel = p
+                .strip_prefix(root)
+                .expect("under root")
+                .to_string_lossy()
+                .into_owned();
+            if rel == "sys" || rel == "proc" {
+                continue;
+            }
+            let meta = p.symlink_metadata().expect("stat");
+            let content = if meta.file_type().is_symlink() {
+                std::fs::read_link(&p)
+                    .expect("readlink")
+                    .to_string_lossy()
+                    .into_owned()
+                    .into_bytes()
+            } else if meta.is_file() {
+                std::fs::read(&p).expect("read")
+            } else {
+                Vec::new()
+            };
+            out.push((rel, meta.permissions().mode(), content));
+            if meta.is_dir() {
+                walk(root, &p, out);
+            }
+        }
+    }
+    let mut out = Vec::new();
+    walk(root, root, &mut out);
+    out
+}
+
+/// A hypervisor ready for `install`: GPUs, the packaged binaries, /etc/default/grub.
+fn install_root() -> Host {
+    let host = Host::with_gpus();
+    let libexec = host.path("usr/libexec");
+    std::fs::create_dir_all(libexec.join("gpu-passthrough")).expect("mkdir");
+    std::fs::copy(argv_recorder(), libexec.join("qemu-kvm")).expect("real qemu");
+    for b in ["qemu-kvm-wrapper", "gpu-passthrough-hook"] {
+        std::fs::copy(bin(b), libexec.join("gpu-passthrough").join(b)).expect("binary");
+    }
+    let grub = host.path("etc/default/grub");
+    write_file(
+        &grub,
+        "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet\"\n",
+    );
+    std::fs::set_permissions(&grub, std::fs::Permissions::from_mode(0o600)).expect("chmod");
+    host
+}
+
+/// A PATH whose libvirtd says `version`.
+fn libvirtd_path(host: &Host, version: &str) -> std::ffi::OsString {
+    let dir = host.path("fakebin");
+    integration_tests::write_script(
+        &dir.join("libvirtd"),
+        &format!("#!/bin/sh\necho 'libvirtd (libvirt) {version}'\n"),
+    );
+    std::env::join_paths([dir, PathBuf::from("/usr/bin"), PathBuf::from("/bin")]).expect("PATH")
+}
+
+#[test]
+fn install_dry_run_shows_diffs_and_commands_and_changes_nothing() {
+    let host = install_root();
+    let before = snapshot(host.dir.path());
+    let out = host.run(&["install", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    for needle in [
+        "--- /dev/null\n+++ b/etc/modprobe.d/gpu-passthrough.conf\n",
+        "+options vfio-pci ids=10de:10ef,10de:10f8,10de:1ad8,10de:1ad9,10de:1b02,10de:1e87,10de:1eb8\n",
+        "+softdep nouveau pre: vfio-pci\n",
+        "+blacklist nouveau\n",
+        "+++ b/etc/modules-load.d/gpu-passthrough.conf\n",
+        "+add_drivers+=\" vfio vfio_iommu_type1 vfio_pci \"\n",
+        "--- a/etc/default/grub\n+++ b/etc/default/grub\n",
+        "-GRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet\"\n",
+        "+GRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet intel_iommu=on iommu=pt rd.driver.pre=vfio-pci\"\n",
+        "+++ b/etc/gpu-passthrough/config.toml\n",
+        "link /etc/libvirt/hooks/qemu.d/gpu-passthrough -> /usr/libexec/gpu-passthrough/gpu-passthrough-hook\n",
+        "divert /usr/libexec/qemu-kvm to the wrapper",
+        "run: grubby --update-kernel=ALL '--args=intel_iommu=on iommu=pt rd.driver.pre=vfio-pci'\n",
+        "run: dracut -f\n",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("1a03:2000"),
+        "the BMC VGA is left alone: {text}"
+    );
+    assert_eq!(
+        snapshot(host.dir.path()),
+        before,
+        "--dry-run changed something"
+    );
+}
+
+#[test]
+fn install_then_uninstall_gives_the_host_back_exactly() {
+    let host = install_root();
+    let before = snapshot(host.dir.path());
+    let out = host.run(&["install"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("done. Next: reboot"),
+        "{}",
+        stdout(&out)
+    );
+    let grub = std::fs::read_to_string(host.path("etc/default/grub")).expect("grub");
+    assert!(
+        grub.contains("# gpu-passthrough: manages intel_iommu=on iommu=pt rd.driver.pre=vfio-pci"),
+        "{grub}"
+    );
+    assert_eq!(
+        std::fs::read_link(host.path("etc/libvirt/hooks/qemu.d/gpu-passthrough"))
+            .expect("hook link"),
+        Path::new("/usr/libexec/gpu-passthrough/gpu-passthrough-hook")
+    );
+    assert!(host::is_wrapper(&host.path("usr/libexec/qemu-kvm")));
+    let installed = snapshot(host.dir.path());
+
+    let again = host.run(&["install"]);
+    assert!(again.status.success(), "{}", stderr(&again));
+    assert_eq!(
+        stdout(&again),
+        "this host is set up already: nothing to change\n"
+    );
+    assert_eq!(
+        snapshot(host.dir.path()),
+        installed,
+        "a second install changes nothing"
+    );
+
+    let dry = host.run(&["uninstall", "--dry-run"]);
+    assert!(
+        stdout(&dry).contains("would: restore /etc/default/grub as it was before install"),
+        "{}",
+        stdout(&dry)
+    );
+    assert_eq!(snapshot(host.dir.path()), installed);
+
+    let out = host.run(&["uninstall"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        snapshot(host.dir.path()),
+        before,
+        "uninstall left the host different"
+    );
+    assert!(stdout(&host.run(&["uninstall"])).contains("nothing to undo"));
+}
+
+mod host {
+    pub fn is_wrapper(path: &std::path::Path) -> bool {
+        host_model::is_wrapper_binary(&std::fs::read(path).expect("read"))
+    }
+}
+
+#[test]
+fn install_on_amd_adds_no_intel_iommu_and_gpu_selects() {
+    let host = install_root();
+    host.cpu("AuthenticAMD", "svm");
+    let out = host.run(&["install", "--dry-run", "--gpu", "10de:1eb8"]);
+    let text = stdout(&out);
+    assert!(
+        text.contains(
+            "+GRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet iommu=pt rd.driver.pre=vfio-pci\"\n"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("+options vfio-pci ids=10de:1eb8\n"), "{text}");
+}
+
+#[test]
+fn install_refuses_a_host_without_nvidia_gpus_and_changes_nothing() {
+    let host = install_root();
+    for a in [
+        "0000:18:00.0",
+        "0000:18:00.1",
+        "0000:3b:00.0",
+        "0000:5e:00.0",
+        "0000:5e:00.1",
+        "0000:5e:00.2",
+        "0000:5e:00.3",
+    ] {
+        std::fs::remove_file(host.sysfs.root().join("bus/pci/devices").join(a)).expect("rm");
+    }
+    let before = snapshot(host.dir.path());
+    let out = host.run(&["install"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("no GPU to set up"),
+        "{}",
+        stderr(&out)
+    );
+    let after: Vec<_> = snapshot(host.dir.path())
+        .into_iter()
+        .filter(|(p, ..)| !p.starts_with("var"))
+        .collect();
+    assert_eq!(after, before);
+}
+
+#[test]
+fn a_failing_step_undoes_the_steps_before_it() {
+    let host = install_root();
+    // hooks/qemu.d is a file, so linking the hook fails after every file is written.
+    write_file(&host.path("etc/libvirt/hooks/qemu.d"), "in the way");
+    let before = snapshot(host.dir.path());
+    let out = host.run(&["install"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("install failed: ") && err.contains("qemu.d"),
+        "{err}"
+    );
+    assert!(err.contains("undoing the 6 step(s) done"), "{err}");
+    assert!(err.contains("install failed and was undone"), "{err}");
+    let after: Vec<_> = snapshot(host.dir.path())
+        .into_iter()
+        .filter(|(p, ..)| !p.starts_with("var"))
+        .collect();
+    let before: Vec<_> = before
+        .into_iter()
+        .filter(|(p, ..)| !p.starts_with("var"))
+        .collect();
+    assert_eq!(after, before, "the written files are gone again");
+}
+
+#[test]
+fn old_libvirt_uses_the_single_hook_only_when_it_is_free() {
+    let host = install_root();
+    let path = libvirtd_path(&host, "6.0.0");
+    let out = host
+        .command(&["install", "--dry-run"])
+        .env("PATH", &path)
+        .output()
+        .expect("run");
+    assert!(
+        stdout(&out).contains("link /etc/libvirt/hooks/qemu -> "),
+        "{}",
+        stdout(&out)
+    );
+
+    write_file(
+        &host.path("etc/libvirt/hooks/qemu"),
+        "#!/bin/sh\n# the site's own hook\n",
+    );
+    let before = snapshot(host.dir.path());
+    let out = host
+        .command(&["install"])
+        .env("PATH", &path)
+        .output()
+        .expect("run");
+    assert_eq!(out.status.code(), Some(1));
+    let err = stderr(&out);
+    assert!(
+        err.contains("exists and is not ours") && err.contains("Merge ours into it"),
+        "{err}"
+    );
+    let after: Vec<_> = snapshot(host.dir.path())
+        .into_iter()
+        .filter(|(p, ..)| !p.starts_with("var"))
+        .collect();
+    assert_eq!(
+        after,
+        before
+            .into_iter()
+            .filter(|(p, ..)| !p.starts_with("var"))
+            .collect::<Vec<_>>()
+    );
+
+    // libvirt 8.0 reads hooks/qemu.d: the foreign hook is no obstacle.
+    let path = libvirtd_path(&host, "8.0.0");
+    let out = host
+        .command(&["install", "--dry-run"])
+        .env("PATH", &path)
+        .output()
+        .expect("run");
+    assert!(
+        stdout(&out).contains("link /etc/libvirt/hooks/qemu.d/gpu-passthrough"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+#[test]
+fn uninstall_keeps_what_the_operator_changed_since() {
+    let host = install_root();
+    assert!(host.run(&["install"]).status.success());
+    let grub = host.path("etc/default/grub");
+    let text = std::fs::read_to_string(&grub)
+        .expect("grub")
+        .replace("GRUB_TIMEOUT=5", "GRUB_TIMEOUT=10");
+    std::fs::write(&grub, text).expect("operator edit");
+    assert!(host.run(&["uninstall"]).status.success());
+    assert_eq!(
+        std::fs::read_to_string(&grub).expect("grub"),
+        "GRUB_TIMEOUT=10\nGRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet\"\n"
+    );
+}
+
+#[test]
+fn two_installs_cannot_interleave() {
+    let host = install_root();
+    let lock_path = host.path("var/lib/gpu-passthrough/lock");
+    write_file(&lock_path, "");
+    let held = std::fs::File::open(&lock_path).expect("open lock");
+    held.lock().expect("hold the lock");
+    let out = host.run(&["install"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr(&out).contains("another gpu-passthrough install"),
+        "{}",
+        stderr(&out)
+    );
+    drop(held);
+    assert!(host.run(&["install"]).status.success());
+}
