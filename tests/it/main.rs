@@ -1,3 +1,4 @@
+mod e2e;
 mod hook;
 mod host_model;
 mod installer;
