@@ -4,6 +4,7 @@
 #   make test     install what the tests need (as root), build, run every test
 #   make build    statically linked release binaries in $(RELEASE_DIR)
 #   make bench    wrapper start-up cost, binary size and hook cost per call, as figures
+#   make rpm      target/rpm/gpu-passthrough-*.x86_64.rpm and .src.rpm
 #   make lint     rustfmt and clippy, as CI runs them
 
 CARGO        ?= cargo
@@ -11,7 +12,17 @@ TRIPLE       := x86_64-unknown-linux-gnu
 RELEASE_DIR  := target/$(TRIPLE)/release
 BINARIES     := qemu-kvm-wrapper gpu-passthrough-hook gpu-passthrough
 
-.PHONY: all build setup test lint bench demo clean
+# Installation (the RPM spec calls `make install DESTDIR=... BIN_DIR=...`).
+PREFIX       ?= /usr
+SYSCONFDIR   ?= /etc
+LIBEXECDIR   ?= $(PREFIX)/libexec
+SBINDIR      ?= $(PREFIX)/sbin
+DATADIR      ?= $(PREFIX)/share
+MANDIR       ?= $(DATADIR)/man
+STATEDIR     ?= /var/lib
+BIN_DIR      ?= $(RELEASE_DIR)
+
+.PHONY: all build setup test lint bench demo install rpm clean
 
 all: build
 
@@ -41,6 +52,21 @@ demo: setup build
 bench: build
 	bench/wrapper-startup
 	$(CARGO) bench -p integration-tests --bench hook --locked
+
+# Installs what BIN_DIR holds; builds nothing (the spec builds first, or packages
+# prebuilt binaries). The man pages come from the CLI's own definition (clap_mangen).
+install:
+	install -D -m 0755 $(BIN_DIR)/qemu-kvm-wrapper $(DESTDIR)$(LIBEXECDIR)/gpu-passthrough/qemu-kvm-wrapper
+	install -D -m 0755 $(BIN_DIR)/gpu-passthrough-hook $(DESTDIR)$(LIBEXECDIR)/gpu-passthrough/gpu-passthrough-hook
+	install -D -m 0755 $(BIN_DIR)/gpu-passthrough $(DESTDIR)$(SBINDIR)/gpu-passthrough
+	install -D -m 0644 rpm/config.toml $(DESTDIR)$(SYSCONFDIR)/gpu-passthrough/config.toml
+	install -D -m 0644 rpm/gpu-passthrough.cil $(DESTDIR)$(DATADIR)/gpu-passthrough/gpu-passthrough.cil
+	install -d -m 0755 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(STATEDIR)/gpu-passthrough
+	$(BIN_DIR)/gpu-passthrough man $(DESTDIR)$(MANDIR)/man8
+
+# The binary RPM (static release binaries) and the source RPM (vendored crates).
+rpm: build
+	rpm/build-rpm $(RELEASE_DIR)
 
 clean:
 	$(CARGO) clean

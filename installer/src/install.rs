@@ -32,6 +32,9 @@ const MODULES_LOAD: &str = "/etc/modules-load.d/gpu-passthrough.conf";
 const DRACUT: &str = "/etc/dracut.conf.d/gpu-passthrough.conf";
 const CONFIG: &str = "/etc/gpu-passthrough/config.toml";
 const SELINUX_MODULE: &str = "/var/lib/gpu-passthrough/gpu-passthrough.cil";
+/// The file-context module that labels /etc/gpu-passthrough virt_etc_t, so that the
+/// wrapper (svirt_t) can read its config. The RPM ships the same file.
+const SELINUX_CIL: &str = include_str!("../../rpm/gpu-passthrough.cil");
 /// The marker of lines we manage in files we do not own.
 const MARK: &str = "# gpu-passthrough:";
 
@@ -277,13 +280,7 @@ pub fn plan(host: &Host<'_>, gpus: &[&Gpu]) -> Result<Plan> {
             0o644,
         )?;
     }
-    want(
-        &mut files,
-        SELINUX_MODULE,
-        "(filecon \"/etc/gpu-passthrough(/.*)?\" any (system_u object_r virt_etc_t ((s0) (s0))))\n"
-            .to_owned(),
-        0o644,
-    )?;
+    want(&mut files, SELINUX_MODULE, SELINUX_CIL.to_owned(), 0o644)?;
 
     if !under(host.root, HOOK_SOURCE).is_file() {
         bail!(

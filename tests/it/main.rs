@@ -3,4 +3,5 @@ mod hook;
 mod host_model;
 mod installer;
 mod qmp;
+mod rpm;
 mod wrapper;
