@@ -5,7 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use integration_tests::{
-    argv_recorder, bin, in_ci, read_recorded, which, write_file, write_link, FakeSysfs, PciFunction,
+    argv_recorder, assert_exit, bin, in_ci, read_recorded, which, write_file, write_link,
+    FakeSysfs, PciFunction,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -288,12 +289,7 @@ fn a_host_without_gpus_scans_empty_and_has_nothing_for_nova() {
     ));
     assert_eq!(host.json(&["scan", "--json"]), serde_json::json!([]));
     let out = host.run(&["nova-config"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no NVIDIA GPU found"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "no NVIDIA GPU found");
 }
 
 #[test]
@@ -384,12 +380,7 @@ fn nova_config_has_an_alias_per_function_type_and_a_flavor_per_gpu() {
         "{old}"
     );
     let bad = host.run(&["nova-config", "--release", "folsom"]);
-    assert_eq!(bad.status.code(), Some(2));
-    assert!(
-        stderr(&bad).contains("unknown OpenStack release"),
-        "{}",
-        stderr(&bad)
-    );
+    assert_exit(&bad, 2, "unknown OpenStack release");
 }
 
 #[test]
@@ -546,22 +537,12 @@ fn divert_never_puts_the_wrapper_onto_itself() {
     let qemu = host.path("usr/libexec/qemu-kvm");
     std::fs::copy(bin("qemu-kvm-wrapper"), &qemu).expect("wrapper as qemu-kvm");
     let out = host.run(&["divert"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("not diverting the wrapper onto itself"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "not diverting the wrapper onto itself");
     assert!(!host.path("usr/libexec/qemu-kvm.orig").exists());
 
     std::fs::remove_file(&qemu).expect("rm");
     let out = host.run(&["divert"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("qemu-kvm does not exist"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "qemu-kvm does not exist");
 }
 
 /// strace's fault injection into each rename/link/write/fsync that divert and undivert
@@ -842,12 +823,7 @@ fn install_refuses_a_host_without_nvidia_gpus_and_changes_nothing() {
     }
     let before = snapshot(host.dir.path());
     let out = host.run(&["install"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("no GPU to set up"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "no GPU to set up");
     let after: Vec<_> = snapshot(host.dir.path())
         .into_iter()
         .filter(|(p, ..)| !p.starts_with("var"))
@@ -962,12 +938,7 @@ fn two_installs_cannot_interleave() {
     let held = std::fs::File::open(&lock_path).expect("open lock");
     held.lock().expect("hold the lock");
     let out = host.run(&["install"]);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(
-        stderr(&out).contains("another gpu-passthrough install"),
-        "{}",
-        stderr(&out)
-    );
+    assert_exit(&out, 1, "another gpu-passthrough install");
     drop(held);
     assert!(host.run(&["install"]).status.success());
 }

@@ -221,3 +221,14 @@ pub fn read_recorded(path: &Path) -> Recorded {
         .map(|v| String::from_utf8_lossy(v).into_owned());
     Recorded { argv: parts, guard }
 }
+
+/// Assert that a run ended with exit status `code` and said `needle` on stderr.
+#[track_caller]
+pub fn assert_exit(out: &std::process::Output, code: i32, needle: &str) {
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
+    assert!(
+        stderr.contains(needle),
+        "missing {needle:?} in stderr: {stderr}"
+    );
+}
