@@ -26,20 +26,23 @@ USAGE:
     gpu-passthrough-hook DOMAIN OPERATION SUB_OPERATION EXTRA < domain.xml
     gpu-passthrough-hook --check-xml FILE|-
 
-libvirtd runs the first form (install it as /etc/libvirt/hooks/qemu.d/gpu-passthrough
-and restart libvirtd). At `prepare begin`, for a domain with PCI <hostdev>s, it checks:
-the IOMMU is on; each device exists; managed='no' devices are on vfio-pci; each IOMMU
-group is complete; no device is held by another running domain; the host can pin the
-VM's memory; memtune hard_limit >= memory + 1 GiB; huge pages are free. Every other
-operation exits 0 at once.
+libvirtd runs the first form: install the hook as
+/etc/libvirt/hooks/qemu.d/gpu-passthrough and restart libvirtd. At
+`prepare begin`, for a domain with PCI <hostdev>s, it checks that the IOMMU
+is on, each device exists, managed='no' devices are on vfio-pci, each IOMMU
+group is complete, no device is held by another running domain, the host can
+pin the VM's memory, memtune hard_limit >= memory + 1 GiB, and huge pages are
+free. Every other operation exits 0 at once.
 
---check-xml runs the same checks on a saved domain XML (`virsh dumpxml NAME`, or - for
-stdin) and prints one PASS/WARN/FAIL line per check.
+--check-xml runs the same checks on a saved domain XML (`virsh dumpxml NAME`,
+or - for stdin) and prints one PASS/WARN/FAIL line per check.
 
-CONFIG: [hook] in /etc/gpu-passthrough/config.toml ($GPU_PASSTHROUGH_CONFIG):
-    mode = \"enforce\" | \"warn\" | \"off\"     reserved_host_memory_mib = 4096
+CONFIG: [hook] in /etc/gpu-passthrough/config.toml ($GPU_PASSTHROUGH_CONFIG)
+    mode = \"enforce\" | \"warn\" | \"off\"
+    reserved_host_memory_mib = 4096
 
-EXIT STATUS: 0 start allowed, 1 start refused (or --check-xml found a FAIL), 2 usage.
+EXIT STATUS: 0 start allowed; 1 start refused, or --check-xml found a FAIL;
+2 usage error.
 ";
 
 fn main() -> ExitCode {

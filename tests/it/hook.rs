@@ -568,4 +568,8 @@ fn check_xml_errors_and_usage() {
     let help = host.run(&["--help"], "");
     assert_eq!(help.status.code(), Some(0));
     assert!(stdout(&help).contains("--check-xml FILE|-"));
+    assert!(
+        stdout(&help).lines().all(|l| l.chars().count() <= 80),
+        "80 columns"
+    );
 }

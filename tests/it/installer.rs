@@ -931,6 +931,19 @@ fn uninstall_keeps_what_the_operator_changed_since() {
 }
 
 #[test]
+fn a_damaged_state_file_is_named_and_nothing_is_touched() {
+    let host = install_root();
+    assert!(host.run(&["install"]).status.success());
+    let state = host.path("var/lib/gpu-passthrough/state.json");
+    std::fs::write(&state, "{ not json").expect("damage");
+    let before = snapshot(host.dir.path());
+    for args in [&["uninstall"][..], &["install", "--gpu", "10de:1eb8"]] {
+        assert_exit(&host.run(args), 1, "state.json is damaged");
+    }
+    assert_eq!(snapshot(host.dir.path()), before);
+}
+
+#[test]
 fn two_installs_cannot_interleave() {
     let host = install_root();
     let lock_path = host.path("var/lib/gpu-passthrough/lock");
