@@ -50,7 +50,7 @@ const HOST_DRIVERS: &[&str] = &[
 ];
 
 /// What install did, so that uninstall can undo it.
-#[derive(Debug, Default, Serialize, Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallState {
     /// Files written, in order, with what was there before.
     pub files: Vec<FileRecord>,
@@ -65,7 +65,7 @@ pub struct InstallState {
     pub created_dirs: Vec<String>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FileRecord {
     /// Path on the host (without --root).
     pub path: String,
@@ -514,39 +514,54 @@ fn commands(plan: &Plan) -> Vec<(&'static str, Vec<String>)> {
 
 /// Apply the plan; on failure undo what was done, then report the failure.
 pub fn apply(plan: &Plan, host: &Host<'_>) -> Result<Vec<String>> {
-    let mut state = read_state(host.root)?;
+    let had_state_file = state_path(host.root).exists();
+    let original = read_state(host.root)?;
+    let mut state = original.clone();
     for dir in &host.lock_dirs_created {
         if !state.created_dirs.contains(dir) {
             state.created_dirs.push(dir.clone());
         }
     }
     let mut done: Vec<String> = Vec::new();
-    let before = state.files.len();
-    let dirs_before = state.created_dirs.len();
-    let result = apply_steps(plan, host, &mut state, &mut done);
-    if let Err(err) = result {
+    if let Err(err) = apply_steps(plan, host, &mut state, &mut done) {
         eprintln!("gpu-passthrough: install failed: {err:#}");
         eprintln!("gpu-passthrough: undoing the {} step(s) done", done.len());
-        let new_records: Vec<FileRecord> = state.files.drain(before..).collect();
+        // What this run added to the state is what to undo.
+        let added = |all: &[String], old: &[String]| -> Vec<String> {
+            all.iter().filter(|x| !old.contains(x)).cloned().collect()
+        };
         let undo = InstallState {
-            files: new_records,
-            kernel_args: plan
-                .kernel_args
-                .iter()
-                .filter(|_| done.iter().any(|d| d.starts_with("grubby")))
-                .cloned()
-                .collect(),
-            hook: state.hook.take().filter(|_| plan.hook.is_some()),
-            diverted: plan.divert && done.iter().any(|d| d.starts_with("divert")),
-            created_dirs: state.created_dirs.drain(dirs_before..).collect(),
+            files: state.files[original.files.len()..].to_vec(),
+            kernel_args: added(&state.kernel_args, &original.kernel_args),
+            hook: state.hook.clone().filter(|_| original.hook.is_none()),
+            diverted: state.diverted && !original.diverted,
+            created_dirs: added(&state.created_dirs, &original.created_dirs),
         };
         if let Err(undo_err) = undo_state(&undo, host, true) {
             eprintln!("gpu-passthrough: undoing failed too: {undo_err:#}");
+        }
+        // The record as it was before this run.
+        if had_state_file {
+            write_state(host.root, &original)?;
+        } else {
+            let _ = fs::remove_file(state_path(host.root));
+            remove_lock_dirs(host);
         }
         bail!("install failed and was undone; nothing changed");
     }
     write_state(host.root, &state)?;
     Ok(done)
+}
+
+/// A run that changed nothing leaves no lock directories behind that it created.
+pub fn remove_lock_dirs(host: &Host<'_>) {
+    if host.lock_dirs_created.is_empty() {
+        return;
+    }
+    let _ = fs::remove_file(under(host.root, &format!("{STATE_DIR}/lock")));
+    for dir in host.lock_dirs_created.iter().rev() {
+        let _ = fs::remove_dir(under(host.root, dir));
+    }
 }
 
 fn apply_steps(

@@ -38,8 +38,9 @@ Exit status: 0 success, 1 a check or an action failed, 2 usage error.";
 struct Cli {
     /// File-system root for everything read or written (a chroot, a test tree).
     /// Under a root other than /, grubby, dracut, semodule and restorecon are not
-    /// run (they act on the running system, not on DIR); `libvirtd --version` is
-    /// still asked, to pick the hook's place.
+    /// run (they act on the running system, not on DIR; set
+    /// GPU_PASSTHROUGH_RUN_UNDER_ROOT=1 to run them anyway); `libvirtd --version`
+    /// is still asked, to pick the hook's place.
     #[arg(long, global = true, value_name = "DIR", default_value = "/")]
     root: PathBuf,
     /// sysfs to read [default: $GPU_PASSTHROUGH_SYSFS, else ROOT/sys]
@@ -227,7 +228,13 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 runner: &runner,
                 lock_dirs_created: if *dry_run { Vec::new() } else { lock_dirs },
             };
-            let plan = install::plan(&host, &inventory.selected(gpus))?;
+            let plan = match install::plan(&host, &inventory.selected(gpus)) {
+                Ok(plan) => plan,
+                Err(e) => {
+                    install::remove_lock_dirs(&host);
+                    return Err(e);
+                }
+            };
             if plan.is_empty() {
                 println!("this host is set up already: nothing to change");
                 return Ok(ExitCode::SUCCESS);

@@ -23,10 +23,15 @@ pub struct Runner {
     pub dry_run: bool,
 }
 
+/// Set to 1, commands run under `--root` too: for tests with stand-ins on PATH, and
+/// for a root that is the running system seen through another path.
+pub const RUN_UNDER_ROOT_ENV: &str = "GPU_PASSTHROUGH_RUN_UNDER_ROOT";
+
 impl Runner {
     pub fn new(root: &Path, dry_run: bool) -> Self {
         Runner {
-            acts_on_host: root == Path::new("/"),
+            acts_on_host: root == Path::new("/")
+                || std::env::var_os(RUN_UNDER_ROOT_ENV).is_some_and(|v| v == "1"),
             dry_run,
         }
     }
