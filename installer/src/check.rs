@@ -222,8 +222,16 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
     });
 
     let hook = under(cx.root, HOOK_PATH);
-    lines.push(if hook.exists() {
+    let legacy = under(cx.root, crate::install::LEGACY_HOOK_PATH);
+    let legacy_is_ours =
+        std::fs::read_link(&legacy).is_ok_and(|t| t == Path::new(crate::install::HOOK_SOURCE));
+    lines.push(if exists_in_root(cx.root, &hook) {
         CheckLine::pass("hook", format!("{} is installed", hook.display()))
+    } else if legacy_is_ours {
+        CheckLine::pass(
+            "hook",
+            format!("{} is installed (libvirt < 6.5)", legacy.display()),
+        )
     } else {
         CheckLine::fail(
             "hook",
@@ -271,6 +279,16 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
         Err(e) => CheckLine::fail("config", e.to_string(), "correct the file"),
     });
     lines
+}
+
+/// Whether `path` exists, following a symlink to an absolute target inside `root` (the
+/// hook link points to /usr/libexec/gpu-passthrough/..., which is ROOT/usr/... here).
+fn exists_in_root(root: &Path, path: &Path) -> bool {
+    match std::fs::read_link(path) {
+        Ok(target) if target.is_absolute() => under(root, &target.to_string_lossy()).is_file(),
+        Ok(_) => path.exists(),
+        Err(_) => path.is_file(),
+    }
 }
 
 /// `libvirtd (libvirt) 8.0.0` gives (8, 0).

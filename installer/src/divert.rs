@@ -43,7 +43,8 @@ pub enum State {
     /// qemu-kvm is a real qemu again and .orig exists: a qemu-kvm update overwrote the
     /// wrapper (or a divert stopped halfway).
     Overwritten,
-    /// qemu-kvm is the wrapper but .orig is gone: the real qemu is lost.
+    /// qemu-kvm is the wrapper but .orig is gone (or a wrapper too): the real qemu is
+    /// lost.
     WrapperWithoutOrig,
     /// There is no qemu-kvm.
     QemuMissing { orig_exists: bool },
@@ -86,6 +87,10 @@ impl Diversion {
             (false, false) => State::NotDiverted,
             (false, true) => State::Overwritten,
             (true, false) => State::WrapperWithoutOrig,
+            // A wrapper at both names: the real qemu is lost just the same.
+            (true, true) if Self::is_wrapper(&self.orig).unwrap_or(false) => {
+                State::WrapperWithoutOrig
+            }
             (true, true) => State::Diverted {
                 current: fs::read(&self.qemu).ok() == fs::read(&self.wrapper_source).ok(),
             },

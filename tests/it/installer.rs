@@ -540,6 +540,21 @@ fn divert_never_puts_the_wrapper_onto_itself() {
     assert_exit(&out, 1, "not diverting the wrapper onto itself");
     assert!(!host.path("usr/libexec/qemu-kvm.orig").exists());
 
+    // A wrapper at both names is the same loss, whatever made it.
+    std::fs::copy(
+        bin("qemu-kvm-wrapper"),
+        host.path("usr/libexec/qemu-kvm.orig"),
+    )
+    .expect("wrapper as .orig");
+    assert_exit(
+        &host.run(&["divert"]),
+        1,
+        "not diverting the wrapper onto itself",
+    );
+    let check = stdout(&host.run(&["check"]));
+    assert!(check.contains("FAIL diversion"), "{check}");
+    std::fs::remove_file(host.path("usr/libexec/qemu-kvm.orig")).expect("rm");
+
     std::fs::remove_file(&qemu).expect("rm");
     let out = host.run(&["divert"]);
     assert_exit(&out, 1, "qemu-kvm does not exist");
@@ -1036,4 +1051,45 @@ fn a_failing_command_is_named_in_full_and_install_is_undone() {
         "qemu-kvm, the hook, every file and /var/lib are as before"
     );
     assert!(stdout(&host.run(&["uninstall"])).contains("nothing to undo"));
+}
+
+#[test]
+fn check_passes_on_a_host_after_install_and_reboot() {
+    let host = install_root();
+    let path = libvirtd_path(&host, "8.0.0");
+    let out = host
+        .command(&["install"])
+        .env("PATH", &path)
+        .output()
+        .expect("install");
+    assert!(out.status.success(), "{}", stderr(&out));
+    // What the reboot brings: the arguments on the running kernel, vfio-pci loaded and
+    // bound to every function of the NVIDIA GPUs.
+    write_file(
+        &host.path("proc/cmdline"),
+        "BOOT_IMAGE=/vmlinuz ro intel_iommu=on iommu=pt rd.driver.pre=vfio-pci\n",
+    );
+    std::fs::create_dir_all(host.sysfs.root().join("module/vfio_pci")).expect("module");
+    for (a, d, class) in [
+        ("0000:18:00.0", 0x1b02, 0x030000),
+        ("0000:18:00.1", 0x10ef, 0x040300),
+    ] {
+        host.sysfs
+            .add(&f(a, 0x10de, d, class, Some("vfio-pci"), 30));
+    }
+    let out = host
+        .command(&["check"])
+        .env("PATH", &path)
+        .output()
+        .expect("check");
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(!text.contains("FAIL"), "{text}");
+    assert!(
+        text.contains("PASS libvirt: libvirt 8.0 reads hooks/qemu.d"),
+        "{text}"
+    );
+    assert!(text.contains("PASS diversion"), "{text}");
+    assert!(text.contains("PASS hook"), "{text}");
+    assert!(text.contains("PASS config"), "{text}");
 }

@@ -16,15 +16,62 @@ pub fn bin_dir() -> PathBuf {
         .to_owned()
 }
 
-/// A built binary of the workspace. Panics, naming the fix, when it was not built.
+/// A built binary of the workspace. Panics, naming the fix, when it was not built or
+/// is older than its sources: `cargo test` does not rebuild another package's binaries.
 pub fn bin(name: &str) -> PathBuf {
     let path = bin_dir().join(name);
-    assert!(
-        path.is_file(),
-        "{} is missing: build the workspace first (`cargo build --workspace`, which `make test` does)",
-        path.display()
-    );
+    let fix = "build the workspace first (`cargo build --workspace`, which `make test` does)";
+    let built = fs::metadata(&path)
+        .and_then(|m| m.modified())
+        .unwrap_or_else(|e| panic!("{} is missing ({e}): {fix}", path.display()));
+    let crate_dir = match name {
+        "qemu-kvm-wrapper" => "qemu-wrapper",
+        "gpu-passthrough-hook" => "libvirt-hook",
+        "gpu-passthrough" => "installer",
+        _ => return path,
+    };
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace");
+    for dir in [crate_dir, "host-model"] {
+        if let Some(newer) = newest_source(&workspace.join(dir)).filter(|(t, _)| *t > built) {
+            panic!(
+                "{} is older than {}: {fix}",
+                path.display(),
+                newer.1.display()
+            );
+        }
+    }
     path
+}
+
+/// The most recently modified file under `dir` (sources, not build output).
+fn newest_source(dir: &Path) -> Option<(std::time::SystemTime, PathBuf)> {
+    let mut newest: Option<(std::time::SystemTime, PathBuf)> = None;
+    for entry in fs::read_dir(dir).ok()?.flatten() {
+        let path = entry.path();
+        // What every change to a binary touches: its Rust sources. (A file that only
+        // one binary includes, such as rpm/gpu-passthrough.cil, would not relink the
+        // others, so it is not looked at.)
+        let is_input = |p: &Path| p.extension().is_some_and(|x| x == "rs");
+        let found = if path.is_dir() {
+            newest_source(&path)
+        } else if is_input(&path) {
+            entry
+                .metadata()
+                .and_then(|m| m.modified())
+                .ok()
+                .map(|t| (t, path))
+        } else {
+            None
+        };
+        if let Some(f) = found {
+            if newest.as_ref().is_none_or(|n| f.0 > n.0) {
+                newest = Some(f);
+            }
+        }
+    }
+    newest
 }
 
 /// Whether a missing prerequisite must fail the test (in CI) rather than skip it.
