@@ -2,7 +2,7 @@
 //! real one, /proc/meminfo, libvirt's status files and pci.ids in a tempdir.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
 use integration_tests::{assert_exit, bin, write_file, FakeSysfs, PciFunction};
@@ -571,5 +571,127 @@ fn check_xml_errors_and_usage() {
     assert!(
         stdout(&help).lines().all(|l| l.chars().count() <= 80),
         "80 columns"
+    );
+}
+
+/// One entry in journald's native protocol: `NAME=value` lines, or `NAME`, a newline,
+/// a 64-bit little-endian length and the value (values with newlines).
+fn journal_fields(mut rest: &[u8]) -> Vec<(String, String)> {
+    let mut fields = Vec::new();
+    while !rest.is_empty() {
+        let end = rest
+            .iter()
+            .position(|&b| b == b'=' || b == b'\n')
+            .expect("a field name");
+        let name = String::from_utf8_lossy(&rest[..end]).into_owned();
+        let value;
+        if rest[end] == b'=' {
+            let stop = end
+                + rest[end..]
+                    .iter()
+                    .position(|&b| b == b'\n')
+                    .expect("newline");
+            value = &rest[end + 1..stop];
+            rest = &rest[stop + 1..];
+        } else {
+            let len: [u8; 8] = rest[end + 1..end + 9].try_into().expect("a length");
+            let len = u64::from_le_bytes(len) as usize;
+            value = &rest[end + 9..end + 9 + len];
+            rest = &rest[end + 10 + len..];
+        }
+        fields.push((name, String::from_utf8_lossy(value).into_owned()));
+    }
+    fields
+}
+
+/// With journald there, the hook logs to it under its own identifier: warnings there
+/// only, a refusal there and on stderr (virsh shows stderr). The test plays journald on
+/// its socket, so it runs on its own (`make test` runs the ignored tests one at a time).
+#[test]
+#[ignore = "binds /run/systemd/journal/socket; `make test` runs it on its own"]
+fn messages_go_to_journald_under_the_hooks_identifier() {
+    use std::os::unix::net::UnixDatagram;
+
+    /// Removes the socket and the directories made for it, even when an assert fails.
+    struct Cleanup(PathBuf, Vec<PathBuf>);
+    impl Drop for Cleanup {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_file(&self.0);
+            for d in self.1.iter().rev() {
+                let _ = std::fs::remove_dir(d);
+            }
+        }
+    }
+
+    let socket = Path::new("/run/systemd/journal/socket");
+    if socket.exists() {
+        assert!(!integration_tests::in_ci(), "CI machines have no journald");
+        eprintln!(
+            "SKIP: a journald listens on {}; not intercepting it",
+            socket.display()
+        );
+        return;
+    }
+    let dir = socket.parent().expect("parent");
+    let created: Vec<PathBuf> = [Path::new("/run/systemd"), dir]
+        .iter()
+        .filter(|d| !d.exists())
+        .map(|d| d.to_path_buf())
+        .collect();
+    if std::fs::create_dir_all(dir).is_err() {
+        integration_tests::missing_prerequisite("cannot create /run/systemd/journal (not root)");
+        return;
+    }
+    let journal = UnixDatagram::bind(socket).expect("bind the journal socket");
+    let _cleanup = Cleanup(socket.to_path_buf(), created);
+    journal
+        .set_read_timeout(Some(std::time::Duration::from_secs(5)))
+        .expect("timeout");
+    let next_entry = || {
+        let mut buf = vec![0u8; 65536];
+        loop {
+            let n = journal.recv(&mut buf).expect("a journal entry within 5 s");
+            // tracing-journald first sends an empty datagram to probe the socket.
+            if n > 0 {
+                return journal_fields(&buf[..n]);
+            }
+        }
+    };
+    let field = |fields: &[(String, String)], name: &str| {
+        fields
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
+    };
+
+    let host = Host::new();
+    let bad = domain("vm1", 4, &[("0000:99:00.0", true)], "");
+    host.config("[hook]\nmode = \"warn\"\n");
+    let out = host.prepare("vm1", &bad);
+    let warning = next_entry();
+    assert_allowed(&out);
+    assert!(
+        out.stderr.is_empty(),
+        "warnings go to journald only: {}",
+        stderr(&out)
+    );
+    assert_eq!(field(&warning, "SYSLOG_IDENTIFIER"), "gpu-passthrough-hook");
+    assert_eq!(field(&warning, "PRIORITY"), "4");
+    let message = field(&warning, "MESSAGE");
+    assert!(
+        message.contains("starting despite:\n  FAIL device: 0000:99:00.0"),
+        "{message}"
+    );
+
+    host.config("");
+    let out = host.prepare("vm1", &bad);
+    let refusal = next_entry();
+    assert_refused(&out, "vm1", &["0000:99:00.0"]);
+    assert_eq!(field(&refusal, "PRIORITY"), "3");
+    let message = field(&refusal, "MESSAGE");
+    assert!(
+        message.starts_with("refusing to start domain 'vm1'"),
+        "{message}"
     );
 }
