@@ -90,19 +90,19 @@ fn prepare(name: &str) -> ExitCode {
             config::path_from_env().display()
         );
     }));
+    let mut xml = Vec::new();
+    let read = io::stdin().read_to_end(&mut xml);
+    // The common case, a VM without host devices, needs no parsing and no logging.
+    if read.is_ok() && !xml.windows(8).any(|w| w == b"<hostdev") {
+        return ExitCode::SUCCESS;
+    }
     let log = Log::open();
     let refuse = |message: String| {
         log.refusal(&message);
         ExitCode::from(1)
     };
-
-    let mut xml = Vec::new();
-    if let Err(e) = io::stdin().read_to_end(&mut xml) {
+    if let Err(e) = read {
         return refuse(format!("cannot read domain '{name}' from stdin: {e}"));
-    }
-    // The common case, a VM without host devices, needs no parsing at all.
-    if !xml.windows(8).any(|w| w == b"<hostdev") {
-        return ExitCode::SUCCESS;
     }
     let config_path = config::path_from_env();
     let config = match config::load(&config_path) {
