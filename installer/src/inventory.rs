@@ -57,7 +57,8 @@ impl Gpu {
 pub struct Inventory {
     pub gpus: Vec<Gpu>,
     pub running: Vec<Domain>,
-    /// Status files that could not be read: `status` and `scan` say so.
+    /// PCI functions and status files that could not be read: the commands say so on
+    /// stderr and go on with the rest.
     pub unreadable: Vec<String>,
 }
 
@@ -70,12 +71,18 @@ impl Inventory {
             )
         })?;
         let mut functions = BTreeMap::new();
+        let mut unreadable = Vec::new();
         for addr in addresses {
-            let f = PciFunction::read(&src.sysfs, addr)
-                .with_context(|| format!("cannot read PCI function {addr} from sysfs"))?;
-            functions.insert(addr, f);
+            // One odd function must not hide the others: it is reported and left out.
+            match PciFunction::read(&src.sysfs, addr) {
+                Ok(f) => {
+                    functions.insert(addr, f);
+                }
+                Err(e) => unreadable.push(format!("PCI function {addr} left out: {e}")),
+            }
         }
         let running = running_domains(&src.libvirt_run);
+        unreadable.extend(running.unreadable);
         let mut holder: BTreeMap<PciAddress, String> = BTreeMap::new();
         for d in &running.domains {
             for h in &d.hostdevs {
@@ -154,7 +161,7 @@ impl Inventory {
         Ok(Inventory {
             gpus,
             running: running.domains,
-            unreadable: running.unreadable,
+            unreadable,
         })
     }
 

@@ -194,7 +194,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     match &cli.command {
         Cmd::Scan => scan(&paths, cli.json),
         Cmd::Check { gpus } => {
-            let inventory = Inventory::read(&paths.sources())?;
+            let inventory = read_inventory(&paths)?;
             let runner = Runner::new(&paths.root, false);
             let lines = check::run_checks(&check::Context {
                 root: &paths.root,
@@ -221,7 +221,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let runner = Runner::new(&paths.root, *dry_run);
             let lock_dirs = install::missing_dirs(&paths.root, install::STATE_DIR);
             let _lock = lock(&paths.root, *dry_run, false)?;
-            let inventory = Inventory::read(&paths.sources())?;
+            let inventory = read_inventory(&paths)?;
             let host = install::Host {
                 root: &paths.root,
                 proc_root: &paths.proc_root,
@@ -295,7 +295,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     )
                     .exit();
             }
-            let inventory = Inventory::read(&paths.sources())?;
+            let inventory = read_inventory(&paths)?;
             print!("{}", nova::render(&inventory.selected(gpus), release)?);
             Ok(ExitCode::SUCCESS)
         }
@@ -350,8 +350,17 @@ fn lock(root: &Path, dry_run: bool, wait: bool) -> Result<Option<File>> {
     Ok(Some(file))
 }
 
-fn scan(paths: &Paths, json: bool) -> Result<ExitCode> {
+/// The host's GPUs; what could not be read is one warning line each on stderr.
+fn read_inventory(paths: &Paths) -> Result<Inventory> {
     let inventory = Inventory::read(&paths.sources())?;
+    for problem in &inventory.unreadable {
+        eprintln!("gpu-passthrough: warning: {problem}");
+    }
+    Ok(inventory)
+}
+
+fn scan(paths: &Paths, json: bool) -> Result<ExitCode> {
+    let inventory = read_inventory(&paths)?;
     let entries: Vec<_> = inventory
         .gpus
         .iter()
@@ -403,10 +412,7 @@ struct GpuStatus<'a> {
 }
 
 fn status(paths: &Paths, json: bool, prometheus: bool) -> Result<ExitCode> {
-    let inventory = Inventory::read(&paths.sources())?;
-    for problem in &inventory.unreadable {
-        eprintln!("gpu-passthrough: warning: cannot read a status file: {problem}");
-    }
+    let inventory = read_inventory(&paths)?;
     let rows: Vec<GpuStatus<'_>> = inventory
         .gpus
         .iter()

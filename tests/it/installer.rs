@@ -1093,3 +1093,26 @@ fn check_passes_on_a_host_after_install_and_reboot() {
     assert!(text.contains("PASS hook"), "{text}");
     assert!(text.contains("PASS config"), "{text}");
 }
+
+#[test]
+fn an_unreadable_pci_function_is_named_and_the_scan_goes_on() {
+    let host = Host::with_gpus();
+    write_file(
+        &host.sysfs.device_dir("0000:1a:00.0").join("class"),
+        "garbage\n",
+    );
+    let out = host.run(&["scan", "--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("warning: PCI function 0000:1a:00.0 left out: ")
+            && err.contains("class holds \"garbage\""),
+        "{err}"
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        v.as_array().expect("list").len(),
+        8,
+        "the GPUs are all there"
+    );
+}
