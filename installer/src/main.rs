@@ -360,7 +360,7 @@ fn read_inventory(paths: &Paths) -> Result<Inventory> {
 }
 
 fn scan(paths: &Paths, json: bool) -> Result<ExitCode> {
-    let inventory = read_inventory(&paths)?;
+    let inventory = read_inventory(paths)?;
     let entries: Vec<_> = inventory
         .gpus
         .iter()
@@ -412,7 +412,7 @@ struct GpuStatus<'a> {
 }
 
 fn status(paths: &Paths, json: bool, prometheus: bool) -> Result<ExitCode> {
-    let inventory = read_inventory(&paths)?;
+    let inventory = read_inventory(paths)?;
     let rows: Vec<GpuStatus<'_>> = inventory
         .gpus
         .iter()
