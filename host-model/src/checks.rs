@@ -420,6 +420,15 @@ fn check_group(
     findings
 }
 
+/// A size as the kernel command line writes it: `1G`, `2M`.
+fn kernel_size(bytes: u64) -> String {
+    if bytes % GIB == 0 {
+        format!("{}G", bytes / GIB)
+    } else {
+        format!("{}M", bytes >> 20)
+    }
+}
+
 fn check_memory(
     domain: &Domain,
     host: &HostPaths,
@@ -570,7 +579,7 @@ fn check_memory(
                 ),
                 format!(
                     "reserve them: hugepagesz={} hugepages=N on the kernel command line",
-                    human(size).replace(".0 GiB", "G").replace(" MiB", "M")
+                    kernel_size(size)
                 ),
             )),
         }

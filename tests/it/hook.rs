@@ -433,7 +433,11 @@ fn huge_pages_must_be_free() {
     assert_allowed(&host.prepare("vm1", &domain("vm1", 16, &both_functions(), on_node1)));
     let default_size = "  <memoryBacking><hugepages/></memoryBacking>\n";
     let out = host.prepare("vm1", &domain("vm1", 1, &both_functions(), default_size));
-    assert_refused(&out, "vm1", &["huge pages of 2 MiB", "no such pool"]);
+    assert_refused(
+        &out,
+        "vm1",
+        &["huge pages of 2 MiB", "no such pool", "hugepagesz=2M"],
+    );
 }
 
 #[test]
