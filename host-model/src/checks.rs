@@ -422,7 +422,7 @@ fn check_group(
 
 /// A size as the kernel command line writes it: `1G`, `2M`.
 fn kernel_size(bytes: u64) -> String {
-    if bytes % GIB == 0 {
+    if bytes.is_multiple_of(GIB) {
         format!("{}G", bytes / GIB)
     } else {
         format!("{}M", bytes >> 20)
