@@ -24,9 +24,7 @@ pub const PATH_ENV: &str = "GPU_PASSTHROUGH_CONFIG";
 
 /// The configuration path in force: `$GPU_PASSTHROUGH_CONFIG`, else [`DEFAULT_PATH`].
 pub fn path_from_env() -> PathBuf {
-    std::env::var_os(PATH_ENV)
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_PATH), PathBuf::from)
+    crate::env_path(PATH_ENV).unwrap_or_else(|| PathBuf::from(DEFAULT_PATH))
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]

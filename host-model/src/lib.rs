@@ -21,14 +21,19 @@ pub mod procfs;
 
 use std::path::PathBuf;
 
+/// The path an override variable names: `None` when it is unset or empty.
+pub fn env_path(var: &str) -> Option<PathBuf> {
+    std::env::var_os(var)
+        .filter(|p| !p.is_empty())
+        .map(PathBuf::from)
+}
+
 /// Environment variable that replaces `/sys` (tests, unusual hosts).
 pub const SYSFS_ENV: &str = "GPU_PASSTHROUGH_SYSFS";
 
 /// The sysfs root in force: `$GPU_PASSTHROUGH_SYSFS`, else `/sys`.
 pub fn sysfs_root_from_env() -> PathBuf {
-    std::env::var_os(SYSFS_ENV)
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from("/sys"), PathBuf::from)
+    env_path(SYSFS_ENV).unwrap_or_else(|| PathBuf::from("/sys"))
 }
 
 /// Environment variable that replaces `/proc` (tests, unusual hosts).
@@ -36,9 +41,7 @@ pub const PROC_ENV: &str = "GPU_PASSTHROUGH_PROC";
 
 /// The procfs root in force: `$GPU_PASSTHROUGH_PROC`, else `/proc`.
 pub fn proc_root_from_env() -> PathBuf {
-    std::env::var_os(PROC_ENV)
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from("/proc"), PathBuf::from)
+    env_path(PROC_ENV).unwrap_or_else(|| PathBuf::from("/proc"))
 }
 
 /// Bytes that every qemu-kvm-wrapper binary carries, by which the installer tells the

@@ -10,10 +10,9 @@ pub const DEFAULT_RUN_DIR: &str = "/run/libvirt/qemu";
 /// Environment variable that replaces [`DEFAULT_RUN_DIR`] (tests, unusual hosts).
 pub const RUN_DIR_ENV: &str = "GPU_PASSTHROUGH_LIBVIRT_RUN";
 
+/// The status directory in force: `$GPU_PASSTHROUGH_LIBVIRT_RUN`, else [`DEFAULT_RUN_DIR`].
 pub fn run_dir_from_env() -> PathBuf {
-    std::env::var_os(RUN_DIR_ENV)
-        .filter(|p| !p.is_empty())
-        .map_or_else(|| PathBuf::from(DEFAULT_RUN_DIR), PathBuf::from)
+    crate::env_path(RUN_DIR_ENV).unwrap_or_else(|| PathBuf::from(DEFAULT_RUN_DIR))
 }
 
 /// The running domains, and a message for each status file that could not be read

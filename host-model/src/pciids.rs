@@ -13,13 +13,12 @@ pub const PATH_ENV: &str = "GPU_PASSTHROUGH_PCI_IDS";
 
 /// The pci.ids file in force, if the host has one.
 pub fn path_from_env() -> Option<PathBuf> {
-    if let Some(p) = std::env::var_os(PATH_ENV).filter(|p| !p.is_empty()) {
-        return Some(PathBuf::from(p));
-    }
-    DEFAULT_PATHS
-        .iter()
-        .map(PathBuf::from)
-        .find(|p| p.is_file())
+    crate::env_path(PATH_ENV).or_else(|| {
+        DEFAULT_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file())
+    })
 }
 
 /// `Vendor Device` name of `vendor:device` from the pci.ids text, e.g.

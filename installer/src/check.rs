@@ -270,10 +270,8 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
         });
     }
 
-    let config = std::env::var_os(host_model::config::PATH_ENV).map_or_else(
-        || under(cx.root, host_model::config::DEFAULT_PATH),
-        Into::into,
-    );
+    let config = host_model::env_path(host_model::config::PATH_ENV)
+        .unwrap_or_else(|| under(cx.root, host_model::config::DEFAULT_PATH));
     lines.push(match host_model::config::load(&config) {
         Ok(_) => CheckLine::pass("config", format!("{} is valid", config.display())),
         Err(e) => CheckLine::fail("config", e.to_string(), "correct the file"),

@@ -151,11 +151,7 @@ impl Paths {
     fn new(cli: &Cli) -> Self {
         let from_env = |flag: &Option<PathBuf>, env: &str, default: &str| {
             flag.clone()
-                .or_else(|| {
-                    std::env::var_os(env)
-                        .filter(|v| !v.is_empty())
-                        .map(PathBuf::from)
-                })
+                .or_else(|| host_model::env_path(env))
                 .unwrap_or_else(|| under(&cli.root, default))
         };
         Paths {
@@ -166,21 +162,14 @@ impl Paths {
     }
 
     fn sources(&self) -> Sources {
-        let libvirt_run = std::env::var_os(host_model::libvirt::RUN_DIR_ENV)
-            .filter(|v| !v.is_empty())
-            .map_or_else(
-                || under(&self.root, host_model::libvirt::DEFAULT_RUN_DIR),
-                PathBuf::from,
-            );
-        let pci_ids = std::env::var_os(host_model::pciids::PATH_ENV)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-            .or_else(|| {
-                host_model::pciids::DEFAULT_PATHS
-                    .iter()
-                    .map(|p| under(&self.root, p))
-                    .find(|p| p.is_file())
-            });
+        let libvirt_run = host_model::env_path(host_model::libvirt::RUN_DIR_ENV)
+            .unwrap_or_else(|| under(&self.root, host_model::libvirt::DEFAULT_RUN_DIR));
+        let pci_ids = host_model::env_path(host_model::pciids::PATH_ENV).or_else(|| {
+            host_model::pciids::DEFAULT_PATHS
+                .iter()
+                .map(|p| under(&self.root, p))
+                .find(|p| p.is_file())
+        });
         Sources {
             sysfs: self.sysfs.clone(),
             libvirt_run,
