@@ -10,7 +10,7 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use crate::config::HookConfig;
-use crate::domain::Domain;
+use crate::domain::{Domain, HugepageRequest, NumaCell};
 use crate::libvirt::running_domains;
 use crate::memory::{free_hugepages, human, parse_nodeset, MemInfo};
 use crate::pci::{self, PciAddress, PciFunction};
@@ -429,6 +429,141 @@ fn kernel_size(bytes: u64) -> String {
     }
 }
 
+/// Huge pages, NUMA-aware as libvirt allocates them: a `<page nodeset>` names guest
+/// NUMA cells; `<numatune>` maps each cell to host nodes (`<memnode>`, else
+/// `<memory nodeset>`, else anywhere); a cell's memory comes from `<cpu><numa><cell>`
+/// (a guest without cells is one cell 0 of all its memory). A `<page>` without a
+/// nodeset backs every cell that no other `<page>` names.
+fn check_hugepages(
+    domain: &Domain,
+    requests: &[HugepageRequest],
+    default_size: Option<u64>,
+    host: &HostPaths,
+) -> Vec<Finding> {
+    let cells: Vec<NumaCell> = if domain.numa_cells.is_empty() {
+        vec![NumaCell {
+            id: 0,
+            memory_bytes: domain.memory_bytes,
+        }]
+    } else {
+        domain.numa_cells.clone()
+    };
+    let mut findings = Vec::new();
+    let named: BTreeSet<u32> = requests
+        .iter()
+        .filter_map(|r| r.nodeset.as_deref().and_then(parse_nodeset))
+        .flatten()
+        .collect();
+    // (page size, host nodes as written or None for anywhere) -> (pages, guest cells)
+    let mut demand: BTreeMap<(u64, Option<String>), (u64, Vec<u32>)> = BTreeMap::new();
+    for request in requests {
+        let Some(size) = request.size_bytes.or(default_size).filter(|s| *s > 0) else {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "hugepages",
+                None,
+                "the VM asks for huge pages of the default size, and the host has none".into(),
+                "reserve huge pages (hugepagesz=1G hugepages=N on the kernel command line)".into(),
+            ));
+            continue;
+        };
+        let covered: Vec<&NumaCell> = match request.nodeset.as_deref() {
+            Some(set) => match parse_nodeset(set) {
+                Some(ids) => cells.iter().filter(|c| ids.contains(&c.id)).collect(),
+                None => {
+                    findings.push(Finding::problem(
+                        Severity::Fail,
+                        "hugepages",
+                        None,
+                        format!("<page nodeset='{set}'> is not a set of guest NUMA cells"),
+                        "write the nodeset as libvirt does, e.g. 0 or 0-1,3".into(),
+                    ));
+                    continue;
+                }
+            },
+            None => cells.iter().filter(|c| !named.contains(&c.id)).collect(),
+        };
+        for cell in covered {
+            let nodes = domain.numatune.host_nodes_of(cell.id).map(str::to_owned);
+            let entry = demand.entry((size, nodes)).or_default();
+            entry.0 += cell.memory_bytes.div_ceil(size);
+            entry.1.push(cell.id);
+        }
+    }
+    for ((size, nodes_text), (needed, guest_cells)) in demand {
+        let nodes = nodes_text.as_deref().and_then(parse_nodeset);
+        let cells_text = guest_cells
+            .iter()
+            .map(u32::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
+        let where_ = match (&nodes_text, &nodes) {
+            (Some(set), Some(_)) if domain.numa_cells.is_empty() => {
+                format!(" on host NUMA node(s) {set}")
+            }
+            (Some(set), Some(_)) => {
+                format!(" on host NUMA node(s) {set} (guest cell(s) {cells_text})")
+            }
+            _ => String::new(),
+        };
+        let pool = format!("hugepages-{}kB", size / 1024);
+        match free_hugepages(&host.sysfs, size, nodes.as_deref()) {
+            Ok(free) if free >= needed => findings.push(Finding::pass(
+                "hugepages",
+                None,
+                format!(
+                    "{needed} huge pages of {} needed, {free} free{where_}",
+                    human(size)
+                ),
+            )),
+            Ok(free) => findings.push(Finding::problem(
+                Severity::Fail,
+                "hugepages",
+                None,
+                format!(
+                    "the VM needs {needed} free huge pages of {}{where_}, the host has {free}",
+                    human(size)
+                ),
+                format!(
+                    "reserve more: raise nr_hugepages of the {pool} pool{} (or hugepages= on \
+                     the kernel command line), or stop a VM that uses them",
+                    match &nodes {
+                        Some(n) => format!(
+                            " on node(s) {} ({})",
+                            nodes_text.as_deref().unwrap_or_default(),
+                            host.sysfs
+                                .join(format!(
+                                    "devices/system/node/node{}/hugepages",
+                                    n.first().copied().unwrap_or(0)
+                                ))
+                                .join(&pool)
+                                .display()
+                        ),
+                        None => format!(
+                            " ({})",
+                            host.sysfs.join("kernel/mm/hugepages").join(&pool).display()
+                        ),
+                    }
+                ),
+            )),
+            Err(e) => findings.push(Finding::problem(
+                Severity::Fail,
+                "hugepages",
+                None,
+                format!(
+                    "the VM asks for huge pages of {}{where_}, and the host has no such pool: {e}",
+                    human(size)
+                ),
+                format!(
+                    "reserve them: hugepagesz={} hugepages=N on the kernel command line",
+                    kernel_size(size)
+                ),
+            )),
+        }
+    }
+    findings
+}
+
 fn check_memory(
     domain: &Domain,
     host: &HostPaths,
@@ -525,64 +660,9 @@ fn check_memory(
         }
     }
 
-    for request in domain.hugepages.iter().flatten() {
-        let size = request
-            .size_bytes
-            .or_else(|| meminfo.as_ref().ok().and_then(|m| m.default_hugepage_bytes));
-        let Some(size) = size.filter(|s| *s > 0) else {
-            findings.push(Finding::problem(
-                Severity::Fail,
-                "hugepages",
-                None,
-                "the VM asks for huge pages of the default size, and the host has none".into(),
-                "reserve huge pages (hugepagesz=1G hugepages=N on the kernel command line)".into(),
-            ));
-            continue;
-        };
-        let nodes = request.nodeset.as_deref().and_then(parse_nodeset);
-        let needed = memory.div_ceil(size);
-        let where_ = match (&request.nodeset, &nodes) {
-            (Some(set), Some(_)) => format!(" on NUMA node(s) {set}"),
-            _ => String::new(),
-        };
-        let pool = format!("hugepages-{}kB", size / 1024);
-        match free_hugepages(&host.sysfs, size, nodes.as_deref()) {
-            Ok(free) if free >= needed => findings.push(Finding::pass(
-                "hugepages",
-                None,
-                format!(
-                    "{needed} huge pages of {} needed, {free} free{where_}",
-                    human(size)
-                ),
-            )),
-            Ok(free) => findings.push(Finding::problem(
-                Severity::Fail,
-                "hugepages",
-                None,
-                format!(
-                    "the VM needs {needed} free huge pages of {}{where_}, the host has {free}",
-                    human(size)
-                ),
-                format!(
-                    "reserve more: raise {}/nr_hugepages (or hugepages= on the kernel command \
-                     line), or stop a VM that uses them",
-                    host.sysfs.join("kernel/mm/hugepages").join(&pool).display()
-                ),
-            )),
-            Err(e) => findings.push(Finding::problem(
-                Severity::Fail,
-                "hugepages",
-                None,
-                format!(
-                    "the VM asks for huge pages of {}, and the host has no such pool: {e}",
-                    human(size)
-                ),
-                format!(
-                    "reserve them: hugepagesz={} hugepages=N on the kernel command line",
-                    kernel_size(size)
-                ),
-            )),
-        }
+    if let Some(requests) = &domain.hugepages {
+        let default_size = meminfo.as_ref().ok().and_then(|m| m.default_hugepage_bytes);
+        findings.extend(check_hugepages(domain, requests, default_size, host));
     }
 
     if let Some(model) = &domain.balloon {

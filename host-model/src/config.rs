@@ -163,6 +163,9 @@ impl HookMode {
 pub struct Problem {
     /// 1-based line of the offending text.
     pub line: usize,
+    /// A section or key this version does not know (a file written for a newer
+    /// version, or left after a downgrade): a warning, never a reason to refuse.
+    pub unknown: bool,
     /// `section.key` where the problem is one key's.
     pub key: Option<String>,
     pub message: String,
@@ -197,6 +200,7 @@ pub fn parse(text: &str) -> Parsed {
             let line = err.span().map_or(1, |span| lines.line_of(span.start));
             problems.push(Problem {
                 line,
+                unknown: false,
                 key: None,
                 message: format!("not valid TOML: {}", err.message().trim_end()),
             });
@@ -208,8 +212,10 @@ pub fn parse(text: &str) -> Parsed {
         let Some(table) = section.get_ref().as_table() else {
             problems.push(Problem {
                 line,
+                unknown: true,
                 key: Some(name.get_ref().to_string()),
-                message: "expected a [section]; this file has [wrapper] and [hook]".into(),
+                message: "unknown top-level key, ignored; this version knows [wrapper] and [hook]"
+                    .into(),
             });
             continue;
         };
@@ -223,8 +229,9 @@ pub fn parse(text: &str) -> Parsed {
             "hook" => section.hook(table, &mut config.hook),
             _ => section.problems.push(Problem {
                 line,
+                unknown: true,
                 key: Some(name.get_ref().to_string()),
-                message: "unknown section; this file has [wrapper] and [hook]".into(),
+                message: "unknown section, ignored; this version knows [wrapper] and [hook]".into(),
             }),
         }
     }
@@ -301,6 +308,7 @@ impl Section<'_> {
             Ok(v) => *slot = v,
             Err(message) => self.problems.push(Problem {
                 line: self.lines.line_of(value.span().start),
+                unknown: false,
                 key: Some(format!("{}.{}", self.name, key.get_ref())),
                 message,
             }),
@@ -310,8 +318,12 @@ impl Section<'_> {
     fn unknown(&mut self, (key, _): Entry<'_, '_>, known: &str) {
         self.problems.push(Problem {
             line: self.lines.line_of(key.span().start),
+            unknown: true,
             key: Some(format!("{}.{}", self.name, key.get_ref())),
-            message: format!("unknown key; [{}] has {known}", self.name),
+            message: format!(
+                "unknown key, ignored; [{}] has {known} in this version",
+                self.name
+            ),
         });
     }
 }
@@ -407,23 +419,43 @@ impl std::error::Error for LoadError {
     }
 }
 
-/// Read the configuration strictly: a missing file means defaults, anything wrong in an
-/// existing one is an error.
-pub fn load(path: &Path) -> Result<Config, LoadError> {
+/// A configuration that [`load`] accepted, with what it ignored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Loaded {
+    pub config: Config,
+    /// Unknown sections and keys, as `PATH: line N: key: ...`: for a warning.
+    pub warnings: Vec<String>,
+}
+
+/// Read the configuration strictly: a missing file means defaults; a bad value of a
+/// known key, or a file that is not TOML, is an error. A section or key this version
+/// does not know is a warning (a file written for a newer version must not stop VMs).
+pub fn load(path: &Path) -> Result<Loaded, LoadError> {
     let text = read_text(path).map_err(|source| LoadError::Read {
         path: path.to_owned(),
         source,
     })?;
     let Some(text) = text else {
-        return Ok(Config::default());
+        return Ok(Loaded {
+            config: Config::default(),
+            warnings: Vec::new(),
+        });
     };
     let Parsed { config, problems } = parse(&text);
-    if problems.is_empty() {
-        Ok(config)
+    let (unknown, errors): (Vec<Problem>, Vec<Problem>) =
+        problems.into_iter().partition(|p| p.unknown);
+    if errors.is_empty() {
+        Ok(Loaded {
+            config,
+            warnings: unknown
+                .iter()
+                .map(|p| format!("{}: {p}", path.display()))
+                .collect(),
+        })
     } else {
         Err(LoadError::Invalid {
             path: path.to_owned(),
-            problems,
+            problems: errors,
         })
     }
 }
@@ -562,12 +594,38 @@ reserved_host_memory_mib = 8_192
     fn load_is_strict_and_names_the_file() {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("config.toml");
-        assert_eq!(load(&path).expect("missing file"), Config::default());
+        assert_eq!(load(&path).expect("missing file").config, Config::default());
         std::fs::write(&path, "[hook]\nmode = \"loud\"\n").expect("write");
         let err = load(&path).expect_err("bad mode").to_string();
         assert!(
             err.contains("config.toml: line 2: hook.mode: expected one of"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn load_warns_about_what_a_newer_version_wrote_and_applies_the_rest() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("config.toml");
+        std::fs::write(
+            &path,
+            "[hook]\nmode = \"warn\"\nfuture_knob = 1\n[telemetry]\nurl = \"x\"\n",
+        )
+        .expect("write");
+        let loaded = load(&path).expect("unknown keys are no error");
+        assert_eq!(loaded.config.hook.mode, HookMode::Warn);
+        let shown = format!("{}", path.display());
+        assert_eq!(
+            loaded.warnings,
+            vec![
+                format!("{shown}: line 3: hook.future_knob: unknown key, ignored; [hook] has mode, reserved_host_memory_mib in this version"),
+                format!("{shown}: line 4: telemetry: unknown section, ignored; this version knows [wrapper] and [hook]"),
+            ]
+        );
+        // A bad value of a known key next to an unknown one is still an error.
+        std::fs::write(&path, "[hook]\nmode = 3\nfuture_knob = 1\n").expect("write");
+        let err = load(&path).expect_err("bad mode").to_string();
+        assert!(err.contains("line 2: hook.mode"), "{err}");
+        assert!(!err.contains("future_knob"), "{err}");
     }
 }

@@ -1,13 +1,25 @@
 //! libvirt domain XML: the parts that decide whether a VM with host PCI devices can
-//! start. Unknown elements and attributes are ignored; XML that is not well-formed is an
-//! error with its line and column.
+//! start, and who it belongs to.
+//!
+//! The document is read namespace-aware and independent of element order: libvirt's
+//! own elements are in no namespace, Nova's metadata in
+//! `http://openstack.org/xmlns/libvirt/nova/1.0` or `1.1`; an element of another
+//! namespace with the same local name (someone else's `<x:instance>`) is someone
+//! else's and ignored. Unknown elements and attributes are ignored; XML that is not
+//! well-formed, or a value that is wrong, is an error with its line and column.
 
 use std::fmt;
 
-use quick_xml::events::Event;
-use serde::Deserialize;
+use quick_xml::events::{BytesStart, Event};
+use quick_xml::name::ResolveResult;
 
 use crate::pci::PciAddress;
+
+/// Nova's metadata namespaces (1.0 and 1.1 differ only in what 1.1 adds).
+pub const NOVA_NAMESPACES: [&str; 2] = [
+    "http://openstack.org/xmlns/libvirt/nova/1.0",
+    "http://openstack.org/xmlns/libvirt/nova/1.1",
+];
 
 /// A libvirt domain, as libvirt passes it to hooks and keeps it in its status files.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -24,6 +36,11 @@ pub struct Domain {
     pub hugepages: Option<Vec<HugepageRequest>>,
     /// `<memoryBacking><locked/>`.
     pub locked: bool,
+    /// `<cpu><numa><cell>`: the guest's NUMA cells; empty when it has none.
+    pub numa_cells: Vec<NumaCell>,
+    /// `<numatune>`: which host nodes back the guest's memory.
+    pub numatune: Numatune,
+    /// PCI host devices: `<hostdev type='pci'>` and `<interface type='hostdev'>`.
     pub hostdevs: Vec<Hostdev>,
     /// `<memballoon model=...>` unless the model is `none`.
     pub balloon: Option<String>,
@@ -35,30 +52,77 @@ pub struct Domain {
 pub struct HugepageRequest {
     /// `None`: the host's default huge page size.
     pub size_bytes: Option<u64>,
-    /// NUMA nodes (`nodeset`), as written, when given.
+    /// The guest NUMA cells (`nodeset`) these pages back, as written; `None`: every
+    /// cell that no other `<page>` names.
     pub nodeset: Option<String>,
 }
 
-/// A PCI `<hostdev>`: a host function passed through.
+/// A guest NUMA cell, `<cell id= memory= unit=>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NumaCell {
+    pub id: u32,
+    pub memory_bytes: u64,
+}
+
+/// `<numatune>`: `<memory nodeset=>` for the whole guest, `<memnode cellid= nodeset=>`
+/// per guest cell (which wins for its cell).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Numatune {
+    pub memory_nodeset: Option<String>,
+    /// (guest cell id, host nodeset as written).
+    pub memnodes: Vec<(u32, String)>,
+}
+
+impl Numatune {
+    /// The host nodes (as written) that back guest cell `cell`, if pinned.
+    pub fn host_nodes_of(&self, cell: u32) -> Option<&str> {
+        self.memnodes
+            .iter()
+            .find(|(id, _)| *id == cell)
+            .map(|(_, set)| set.as_str())
+            .or(self.memory_nodeset.as_deref())
+    }
+}
+
+/// How a host PCI function is given to the guest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HostdevKind {
+    /// `<hostdev mode='subsystem' type='pci'>`
+    Hostdev,
+    /// `<interface type='hostdev'>`: an SR-IOV VF given as a NIC.
+    Interface,
+}
+
+/// A PCI host device: a host function passed through.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Hostdev {
     pub address: PciAddress,
     /// libvirt detaches a managed device from its host driver itself; an unmanaged one
-    /// must be on vfio-pci already.
+    /// must be on vfio-pci already. Absent means no, as in libvirt.
     pub managed: bool,
+    pub kind: HostdevKind,
 }
 
 /// Who a VM belongs to, from Nova's `<metadata><nova:instance>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct NovaInstance {
+    /// `<nova:name>`: the instance's display name.
     pub name: Option<String>,
+    /// `<nova:owner><nova:project>`: the project's name.
     pub project: Option<String>,
+    /// Its `uuid` attribute: the project id.
+    pub project_id: Option<String>,
+    /// `<nova:owner><nova:user>`: the user's name.
+    pub user: Option<String>,
+    pub user_id: Option<String>,
+    /// `<nova:flavor name=>`.
+    pub flavor: Option<String>,
 }
 
 /// Why a domain XML could not be read.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct XmlError {
-    /// 1-based, when the position is known.
+    /// 1-based.
     pub line: usize,
     pub column: usize,
     pub message: String,
@@ -79,13 +143,17 @@ impl std::error::Error for XmlError {}
 impl Domain {
     /// Parse a `<domain>` document.
     pub fn from_xml(xml: &str) -> Result<Domain, XmlError> {
-        check_well_formed(xml)?;
-        let raw: RawDomain = quick_xml::de::from_str(xml).map_err(|e| XmlError {
-            line: 1,
-            column: 1,
-            message: format!("not a libvirt domain: {e}"),
-        })?;
-        raw.into_domain()
+        let doc = Document::parse(xml)?;
+        if !doc.root.is("domain") {
+            return Err(doc.error(
+                &doc.root,
+                format!(
+                    "not a libvirt domain: the document is <{}>, not <domain>",
+                    doc.root.name
+                ),
+            ));
+        }
+        doc.domain(&doc.root)
     }
 
     /// The Nova instance name and project, for messages: ` (Nova instance 'x', project 'y')`.
@@ -105,91 +173,53 @@ impl Domain {
 /// A running domain as libvirt keeps it in `/run/libvirt/qemu/NAME.xml`:
 /// `<domstatus>` around the `<domain>`.
 pub fn domain_from_status_xml(xml: &str) -> Result<Domain, XmlError> {
-    check_well_formed(xml)?;
-    let raw: RawStatus = quick_xml::de::from_str(xml).map_err(|e| XmlError {
-        line: 1,
-        column: 1,
-        message: format!("not a libvirt status file (<domstatus>): {e}"),
-    })?;
-    raw.domain.into_domain()
-}
-
-/// Walk the document once with the plain reader: it knows where an error is, which the
-/// serde layer does not.
-fn check_well_formed(xml: &str) -> Result<(), XmlError> {
-    let mut reader = quick_xml::Reader::from_str(xml);
-    reader.config_mut().check_end_names = true;
-    let mut depth = 0usize;
-    let mut seen_root = false;
-    loop {
-        match reader.read_event() {
-            Ok(Event::Eof) if depth == 0 && seen_root => return Ok(()),
-            Ok(Event::Eof) => {
-                let message = if seen_root {
-                    "the document ends inside an element"
-                } else {
-                    "no XML element found"
-                };
-                return Err(position_error(xml, xml.len(), message.into()));
-            }
-            Ok(Event::Start(_)) => {
-                depth += 1;
-                seen_root = true;
-            }
-            Ok(Event::End(_)) => depth = depth.saturating_sub(1),
-            Ok(Event::Empty(_)) => seen_root = true,
-            Ok(Event::Text(t)) if depth == 0 && !t.iter().all(u8::is_ascii_whitespace) => {
-                let at = reader.buffer_position() as usize;
-                return Err(position_error(
-                    xml,
-                    at,
-                    "text outside the root element".into(),
-                ));
-            }
-            Ok(_) => {}
-            Err(e) => {
-                let at = reader.error_position() as usize;
-                return Err(position_error(xml, at, e.to_string()));
-            }
-        }
+    let doc = Document::parse(xml)?;
+    if !doc.root.is("domstatus") {
+        return Err(doc.error(
+            &doc.root,
+            format!(
+                "not a libvirt status file: the document is <{}>, not <domstatus>",
+                doc.root.name
+            ),
+        ));
     }
+    let domain = doc
+        .root
+        .child("domain")
+        .ok_or_else(|| doc.error(&doc.root, "<domstatus> holds no <domain>".into()))?;
+    doc.domain(domain)
 }
 
-fn position_error(xml: &str, offset: usize, message: String) -> XmlError {
-    let before = &xml.as_bytes()[..offset.min(xml.len())];
-    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
-    let line_start = before
-        .iter()
-        .rposition(|&b| b == b'\n')
-        .map_or(0, |i| i + 1);
-    XmlError {
-        line,
-        column: 1 + before.len() - line_start,
-        message,
-    }
-}
-
-/// A size in libvirt's units (`unit` attribute; KiB when absent) in bytes.
+/// A size in libvirt's units (`unit` attribute; KiB when absent) in bytes. Units are
+/// read as libvirt reads them (virScaleInteger): case-insensitive, `b`/`bytes`, a
+/// power-of-1024 prefix alone or with `iB` (`k`, `KiB`), a power-of-1000 one with `B`
+/// (`KB`, `mb`).
 pub fn size_in_bytes(value: u64, unit: Option<&str>) -> Result<u64, String> {
-    let factor: u64 = match unit.unwrap_or("KiB") {
-        "b" | "bytes" => 1,
-        "KB" => 1000,
-        "k" | "KiB" => 1 << 10,
-        "MB" => 1000 * 1000,
-        "M" | "MiB" => 1 << 20,
-        "GB" => 1000 * 1000 * 1000,
-        "G" | "GiB" => 1 << 30,
-        "TB" => 1000u64.pow(4),
-        "T" | "TiB" => 1 << 40,
-        "PB" => 1000u64.pow(5),
-        "P" | "PiB" => 1 << 50,
-        "EB" => 1000u64.pow(6),
-        "E" | "EiB" => 1 << 60,
-        other => return Err(format!("unknown memory unit {other:?}")),
+    let unit_text = unit.unwrap_or("KiB");
+    let lower = unit_text.to_ascii_lowercase();
+    let factor: u64 = if lower == "b" || lower == "byte" || lower == "bytes" {
+        1
+    } else {
+        let mut chars = lower.chars();
+        let power = match chars.next() {
+            Some('k') => 1,
+            Some('m') => 2,
+            Some('g') => 3,
+            Some('t') => 4,
+            Some('p') => 5,
+            Some('e') => 6,
+            _ => return Err(format!("unknown memory unit {unit_text:?}")),
+        };
+        let base: u64 = match chars.as_str() {
+            "" | "ib" => 1024,
+            "b" => 1000,
+            _ => return Err(format!("unknown memory unit {unit_text:?}")),
+        };
+        base.pow(power)
     };
     value
         .checked_mul(factor)
-        .ok_or_else(|| format!("{value} {} is too large", unit.unwrap_or("KiB")))
+        .ok_or_else(|| format!("{value} {unit_text} is too large"))
 }
 
 /// A number as libvirt writes PCI address parts: `0x18` (hex) or `24` (decimal).
@@ -201,251 +231,410 @@ fn parse_number(s: &str) -> Option<u32> {
     }
 }
 
-// The serde side: what the XML holds, before it is checked and converted.
-
-#[derive(Deserialize)]
-struct RawStatus {
-    domain: RawDomain,
-}
-
-#[derive(Deserialize)]
-struct RawDomain {
+/// One element of the document: its namespace and local name, its attributes in no
+/// namespace (libvirt's and Nova's attributes are unprefixed), its text, its children,
+/// and where it starts.
+#[derive(Debug)]
+struct Element {
+    namespace: Option<String>,
     name: String,
-    uuid: Option<String>,
-    memory: Option<RawSize>,
-    #[serde(rename = "currentMemory")]
-    current_memory: Option<RawSize>,
-    memtune: Option<RawMemtune>,
-    #[serde(rename = "memoryBacking")]
-    memory_backing: Option<RawMemoryBacking>,
-    devices: Option<RawDevices>,
-    metadata: Option<RawMetadata>,
+    attributes: Vec<(String, String)>,
+    text: String,
+    children: Vec<Element>,
+    offset: usize,
 }
 
-#[derive(Deserialize)]
-struct RawSize {
-    #[serde(rename = "@unit")]
-    unit: Option<String>,
-    #[serde(rename = "$text")]
-    value: String,
-}
+impl Element {
+    /// A libvirt element: no namespace, this local name.
+    fn is(&self, name: &str) -> bool {
+        self.namespace.is_none() && self.name == name
+    }
 
-impl RawSize {
-    fn bytes(&self, what: &str) -> Result<u64, XmlError> {
-        let bad = |message: String| XmlError {
-            line: 1,
-            column: 1,
-            message: format!("<{what}>: {message}"),
-        };
-        let value: u64 = self
-            .value
-            .trim()
-            .parse()
-            .map_err(|_| bad(format!("{:?} is not a whole number", self.value)))?;
-        size_in_bytes(value, self.unit.as_deref()).map_err(bad)
+    fn is_nova(&self, name: &str) -> bool {
+        self.name == name
+            && self
+                .namespace
+                .as_deref()
+                .is_some_and(|ns| NOVA_NAMESPACES.contains(&ns))
+    }
+
+    fn child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.is(name))
+    }
+
+    fn children<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Element> + 'a {
+        self.children.iter().filter(move |c| c.is(name))
+    }
+
+    fn nova_child(&self, name: &str) -> Option<&Element> {
+        self.children.iter().find(|c| c.is_nova(name))
+    }
+
+    fn attribute(&self, name: &str) -> Option<&str> {
+        self.attributes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn trimmed_text(&self) -> Option<String> {
+        Some(self.text.trim().to_owned()).filter(|t| !t.is_empty())
     }
 }
 
-#[derive(Deserialize)]
-struct RawMemtune {
-    hard_limit: Option<RawSize>,
+struct Document<'x> {
+    xml: &'x str,
+    root: Element,
 }
 
-#[derive(Deserialize)]
-struct RawMemoryBacking {
-    hugepages: Option<RawHugepages>,
-    locked: Option<serde::de::IgnoredAny>,
-}
+impl<'x> Document<'x> {
+    fn parse(xml: &'x str) -> Result<Self, XmlError> {
+        let mut reader = quick_xml::NsReader::from_str(xml);
+        reader.config_mut().check_end_names = true;
+        let mut stack: Vec<Element> = Vec::new();
+        let mut root = None;
+        loop {
+            let offset = reader.buffer_position() as usize;
+            let (namespace, event) = match reader.read_resolved_event() {
+                Ok((ns, event)) => (namespace_of(ns), event),
+                Err(e) => {
+                    let at = reader.error_position() as usize;
+                    return Err(position_error(xml, at, e.to_string()));
+                }
+            };
+            let bad = |message: String| position_error(xml, offset, message);
+            match event {
+                Event::Start(_) | Event::Empty(_) if root.is_some() => {
+                    return Err(bad("content after the document's end".into()));
+                }
+                Event::Start(start) => {
+                    stack.push(element(&reader, &start, namespace, offset).map_err(bad)?);
+                }
+                Event::Empty(start) => {
+                    let e = element(&reader, &start, namespace, offset).map_err(bad)?;
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(e),
+                        None => root = Some(e),
+                    }
+                }
+                Event::End(_) => {
+                    let done = stack.pop().expect("the reader checks end names");
+                    match stack.last_mut() {
+                        Some(parent) => parent.children.push(done),
+                        None => root = Some(done),
+                    }
+                }
+                Event::Text(text) => {
+                    let decoded = text.xml10_content().map_err(|e| bad(e.to_string()))?;
+                    match stack.last_mut() {
+                        Some(e) => e.text.push_str(&decoded),
+                        None if decoded.trim().is_empty() => {}
+                        None => return Err(bad("text outside the root element".into())),
+                    }
+                }
+                Event::CData(data) => {
+                    let decoded = data.decode().map_err(|e| bad(e.to_string()))?;
+                    if let Some(e) = stack.last_mut() {
+                        e.text.push_str(&decoded);
+                    }
+                }
+                Event::GeneralRef(reference) => {
+                    let name = reference.decode().map_err(|e| bad(e.to_string()))?;
+                    let entity = format!("&{name};");
+                    let resolved = quick_xml::escape::unescape(&entity)
+                        .map_err(|e| bad(format!("{entity}: {e}")))?;
+                    if let Some(e) = stack.last_mut() {
+                        e.text.push_str(&resolved);
+                    }
+                }
+                Event::Eof => {
+                    return match (root, stack.is_empty()) {
+                        (Some(root), true) => Ok(Document { xml, root }),
+                        (None, true) => Err(bad("no XML element found".into())),
+                        _ => Err(bad("the document ends inside an element".into())),
+                    };
+                }
+                Event::Comment(_) | Event::Decl(_) | Event::PI(_) | Event::DocType(_) => {}
+            }
+        }
+    }
 
-#[derive(Deserialize)]
-struct RawHugepages {
-    #[serde(default)]
-    page: Vec<RawPage>,
-}
+    fn error(&self, at: &Element, message: String) -> XmlError {
+        position_error(self.xml, at.offset, message)
+    }
 
-#[derive(Deserialize)]
-struct RawPage {
-    #[serde(rename = "@size")]
-    size: String,
-    #[serde(rename = "@unit")]
-    unit: Option<String>,
-    #[serde(rename = "@nodeset")]
-    nodeset: Option<String>,
-}
+    /// Read `<domain>`.
+    fn domain(&self, d: &Element) -> Result<Domain, XmlError> {
+        let name = d
+            .child("name")
+            .and_then(Element::trimmed_text)
+            .ok_or_else(|| self.error(d, "the domain has no <name>".into()))?;
+        let memory_element = d
+            .child("memory")
+            .ok_or_else(|| self.error(d, format!("domain '{name}' has no <memory>")))?;
+        let memory_bytes = self.size(memory_element, "memory")?;
+        let current_memory_bytes = d
+            .child("currentMemory")
+            .map(|m| self.size(m, "currentMemory"))
+            .transpose()?;
+        let hard_limit_bytes = d
+            .child("memtune")
+            .and_then(|m| m.child("hard_limit"))
+            .map(|m| self.size(m, "memtune/hard_limit"))
+            .transpose()?;
 
-#[derive(Deserialize)]
-struct RawDevices {
-    #[serde(default)]
-    hostdev: Vec<RawHostdev>,
-    #[serde(default)]
-    memballoon: Vec<RawBalloon>,
-}
+        let backing = d.child("memoryBacking");
+        let hugepages = backing
+            .and_then(|b| b.child("hugepages"))
+            .map(|h| {
+                let pages: Vec<&Element> = h.children("page").collect();
+                if pages.is_empty() {
+                    return Ok(vec![HugepageRequest {
+                        size_bytes: None,
+                        nodeset: None,
+                    }]);
+                }
+                pages
+                    .into_iter()
+                    .map(|p| {
+                        let size = self.required(p, "size")?;
+                        let value: u64 = size.trim().parse().map_err(|_| {
+                            self.error(p, format!("<page size='{size}'>: not a whole number"))
+                        })?;
+                        let bytes = size_in_bytes(value, p.attribute("unit"))
+                            .map_err(|m| self.error(p, format!("<page>: {m}")))?;
+                        Ok(HugepageRequest {
+                            size_bytes: Some(bytes),
+                            nodeset: p.attribute("nodeset").map(str::to_owned),
+                        })
+                    })
+                    .collect::<Result<Vec<_>, XmlError>>()
+            })
+            .transpose()?;
+        let locked = backing.is_some_and(|b| b.child("locked").is_some());
 
-#[derive(Deserialize)]
-struct RawHostdev {
-    #[serde(rename = "@mode")]
-    mode: Option<String>,
-    #[serde(rename = "@type")]
-    kind: Option<String>,
-    #[serde(rename = "@managed")]
-    managed: Option<String>,
-    source: Option<RawSource>,
-}
+        let mut numa_cells = Vec::new();
+        if let Some(numa) = d.child("cpu").and_then(|c| c.child("numa")) {
+            for (index, cell) in numa.children("cell").enumerate() {
+                let id = match cell.attribute("id") {
+                    Some(id) => id.trim().parse().map_err(|_| {
+                        self.error(cell, format!("<cell id='{id}'>: not a whole number"))
+                    })?,
+                    // libvirt numbers cells without an id in order.
+                    None => index as u32,
+                };
+                let memory = self.required(cell, "memory")?;
+                let value: u64 = memory.trim().parse().map_err(|_| {
+                    self.error(
+                        cell,
+                        format!("<cell memory='{memory}'>: not a whole number"),
+                    )
+                })?;
+                let memory_bytes = size_in_bytes(value, cell.attribute("unit"))
+                    .map_err(|m| self.error(cell, format!("<cell>: {m}")))?;
+                numa_cells.push(NumaCell { id, memory_bytes });
+            }
+        }
+        let mut numatune = Numatune::default();
+        if let Some(tune) = d.child("numatune") {
+            numatune.memory_nodeset = tune
+                .child("memory")
+                .and_then(|m| m.attribute("nodeset"))
+                .map(str::to_owned);
+            for memnode in tune.children("memnode") {
+                let cell = self.required(memnode, "cellid")?;
+                let id = cell.trim().parse().map_err(|_| {
+                    self.error(
+                        memnode,
+                        format!("<memnode cellid='{cell}'>: not a whole number"),
+                    )
+                })?;
+                if let Some(set) = memnode.attribute("nodeset") {
+                    numatune.memnodes.push((id, set.to_owned()));
+                }
+            }
+        }
 
-#[derive(Deserialize)]
-struct RawSource {
-    address: Option<RawAddress>,
-}
-
-#[derive(Deserialize)]
-struct RawAddress {
-    #[serde(rename = "@domain")]
-    domain: Option<String>,
-    #[serde(rename = "@bus")]
-    bus: String,
-    #[serde(rename = "@slot")]
-    slot: String,
-    #[serde(rename = "@function")]
-    function: String,
-}
-
-#[derive(Deserialize)]
-struct RawBalloon {
-    #[serde(rename = "@model")]
-    model: String,
-}
-
-#[derive(Deserialize)]
-struct RawMetadata {
-    instance: Option<RawNovaInstance>,
-}
-
-#[derive(Deserialize)]
-struct RawNovaInstance {
-    name: Option<String>,
-    owner: Option<RawNovaOwner>,
-}
-
-#[derive(Deserialize)]
-struct RawNovaOwner {
-    project: Option<String>,
-}
-
-impl RawDomain {
-    fn into_domain(self) -> Result<Domain, XmlError> {
-        let memory = self.memory.ok_or_else(|| XmlError {
-            line: 1,
-            column: 1,
-            message: format!("domain '{}' has no <memory>", self.name),
-        })?;
         let mut hostdevs = Vec::new();
         let mut balloon = None;
-        if let Some(devices) = self.devices {
-            for dev in devices.hostdev {
-                if dev.mode.as_deref().unwrap_or("subsystem") != "subsystem"
-                    || dev.kind.as_deref() != Some("pci")
+        if let Some(devices) = d.child("devices") {
+            for dev in devices.children.iter() {
+                let kind = if dev.is("hostdev")
+                    && dev.attribute("mode").unwrap_or("subsystem") == "subsystem"
+                    && dev.attribute("type") == Some("pci")
                 {
+                    HostdevKind::Hostdev
+                } else if dev.is("interface") && dev.attribute("type") == Some("hostdev") {
+                    HostdevKind::Interface
+                } else {
                     continue;
-                }
-                let Some(addr) = dev.source.and_then(|s| s.address) else {
-                    return Err(XmlError {
-                        line: 1,
-                        column: 1,
-                        message: "a PCI <hostdev> has no <source><address>".into(),
-                    });
+                };
+                let address = dev
+                    .child("source")
+                    .and_then(|s| s.child("address"))
+                    .filter(|a| a.attribute("type").is_none_or(|t| t == "pci"));
+                let Some(address) = address else {
+                    if kind == HostdevKind::Interface {
+                        // A USB or other non-PCI source: not ours to check.
+                        continue;
+                    }
+                    return Err(self.error(dev, "a PCI <hostdev> has no <source><address>".into()));
                 };
                 hostdevs.push(Hostdev {
-                    address: addr.to_pci()?,
-                    managed: dev.managed.as_deref() != Some("no"),
+                    address: self.pci_address(address)?,
+                    managed: dev.attribute("managed") == Some("yes"),
+                    kind,
                 });
             }
             balloon = devices
-                .memballoon
-                .into_iter()
-                .map(|b| b.model)
-                .find(|m| m != "none");
+                .children("memballoon")
+                .filter_map(|b| b.attribute("model"))
+                .find(|m| *m != "none")
+                .map(str::to_owned);
         }
-        let (hugepages, locked) = match self.memory_backing {
-            Some(backing) => (
-                match backing.hugepages {
-                    Some(h) if h.page.is_empty() => Some(vec![HugepageRequest {
-                        size_bytes: None,
-                        nodeset: None,
-                    }]),
-                    Some(h) => Some(
-                        h.page
-                            .into_iter()
-                            .map(|p| {
-                                let size = p.size.trim().parse::<u64>().ok();
-                                let bytes = size
-                                    .ok_or_else(|| format!("{:?} is not a number", p.size))
-                                    .and_then(|s| size_in_bytes(s, p.unit.as_deref()));
-                                bytes
-                                    .map(|b| HugepageRequest {
-                                        size_bytes: Some(b),
-                                        nodeset: p.nodeset,
-                                    })
-                                    .map_err(|m| XmlError {
-                                        line: 1,
-                                        column: 1,
-                                        message: format!("<hugepages><page size>: {m}"),
-                                    })
-                            })
-                            .collect::<Result<_, _>>()?,
-                    ),
-                    None => None,
-                },
-                backing.locked.is_some(),
-            ),
-            None => (None, false),
-        };
+
+        let nova = d
+            .child("metadata")
+            .and_then(|m| m.nova_child("instance"))
+            .map(|i| {
+                let owner = i.nova_child("owner");
+                let project = owner.and_then(|o| o.nova_child("project"));
+                let user = owner.and_then(|o| o.nova_child("user"));
+                let attr = |e: Option<&Element>, name: &str| {
+                    e.and_then(|e| e.attribute(name))
+                        .map(|v| v.trim().to_owned())
+                        .filter(|v| !v.is_empty())
+                };
+                NovaInstance {
+                    name: i.nova_child("name").and_then(Element::trimmed_text),
+                    project: project.and_then(Element::trimmed_text),
+                    project_id: attr(project, "uuid"),
+                    user: user.and_then(Element::trimmed_text),
+                    user_id: attr(user, "uuid"),
+                    flavor: attr(i.nova_child("flavor"), "name"),
+                }
+            });
+
         Ok(Domain {
-            memory_bytes: memory.bytes("memory")?,
-            current_memory_bytes: self
-                .current_memory
-                .map(|m| m.bytes("currentMemory"))
-                .transpose()?,
-            hard_limit_bytes: self
-                .memtune
-                .and_then(|m| m.hard_limit)
-                .map(|m| m.bytes("memtune/hard_limit"))
-                .transpose()?,
+            name,
+            uuid: d.child("uuid").and_then(Element::trimmed_text),
+            memory_bytes,
+            current_memory_bytes,
+            hard_limit_bytes,
             hugepages,
             locked,
+            numa_cells,
+            numatune,
             hostdevs,
             balloon,
-            nova: self
-                .metadata
-                .and_then(|m| m.instance)
-                .map(|i| NovaInstance {
-                    name: i.name.map(|n| n.trim().to_owned()),
-                    project: i.owner.and_then(|o| o.project).map(|p| p.trim().to_owned()),
-                }),
-            name: self.name.trim().to_owned(),
-            uuid: self.uuid.map(|u| u.trim().to_owned()),
+            nova,
+        })
+    }
+
+    fn required<'e>(&self, e: &'e Element, attribute: &str) -> Result<&'e str, XmlError> {
+        e.attribute(attribute)
+            .ok_or_else(|| self.error(e, format!("<{}> has no {attribute}= attribute", e.name)))
+    }
+
+    /// `<memory unit='KiB'>16777216</memory>` in bytes.
+    fn size(&self, e: &Element, what: &str) -> Result<u64, XmlError> {
+        let bad = |message: String| self.error(e, format!("<{what}>: {message}"));
+        let value: u64 = e
+            .text
+            .trim()
+            .parse()
+            .map_err(|_| bad(format!("{:?} is not a whole number", e.text.trim())))?;
+        size_in_bytes(value, e.attribute("unit")).map_err(bad)
+    }
+
+    fn pci_address(&self, a: &Element) -> Result<PciAddress, XmlError> {
+        let part = |name: &str, default: Option<&str>, max: u32| {
+            let value = a
+                .attribute(name)
+                .or(default)
+                .ok_or_else(|| self.error(a, format!("hostdev source address has no {name}=")))?;
+            parse_number(value).filter(|v| *v <= max).ok_or_else(|| {
+                self.error(
+                    a,
+                    format!(
+                        "hostdev source address: {name}='{value}' is not a number up to {max:#x}"
+                    ),
+                )
+            })
+        };
+        Ok(PciAddress {
+            domain: part("domain", Some("0"), u32::MAX)?,
+            bus: part("bus", None, 0xff)? as u8,
+            device: part("slot", None, 0x1f)? as u8,
+            function: part("function", None, 0x7)? as u8,
         })
     }
 }
 
-impl RawAddress {
-    fn to_pci(&self) -> Result<PciAddress, XmlError> {
-        let part = |name: &str, value: &str, max: u32| {
-            parse_number(value)
-                .filter(|v| *v <= max)
-                .ok_or_else(|| XmlError {
-                    line: 1,
-                    column: 1,
-                    message: format!(
-                        "hostdev source address: {name}='{value}' is not a number up to {max:#x}"
-                    ),
-                })
-        };
-        Ok(PciAddress {
-            domain: part("domain", self.domain.as_deref().unwrap_or("0"), u32::MAX)?,
-            bus: part("bus", &self.bus, 0xff)? as u8,
-            device: part("slot", &self.slot, 0x1f)? as u8,
-            function: part("function", &self.function, 0x7)? as u8,
-        })
+fn namespace_of(ns: ResolveResult<'_>) -> Option<String> {
+    match ns {
+        ResolveResult::Bound(ns) => Some(String::from_utf8_lossy(ns.as_ref()).into_owned()),
+        // An undeclared prefix: a namespace no one knows, so not libvirt's nor Nova's.
+        ResolveResult::Unknown(prefix) => {
+            Some(format!("unknown:{}", String::from_utf8_lossy(&prefix)))
+        }
+        ResolveResult::Unbound => None,
+    }
+}
+
+fn element(
+    reader: &quick_xml::NsReader<&[u8]>,
+    start: &BytesStart<'_>,
+    namespace: Option<String>,
+    offset: usize,
+) -> Result<Element, String> {
+    let mut attributes = Vec::new();
+    for attribute in start.attributes() {
+        let attribute = attribute.map_err(|e| e.to_string())?;
+        let (ns, local) = reader.resolver().resolve_attribute(attribute.key);
+        if !matches!(ns, ResolveResult::Unbound) || attribute.key.as_namespace_binding().is_some() {
+            continue; // xmlns declarations and namespaced attributes: not libvirt's
+        }
+        let value = attribute
+            .normalized_value(quick_xml::XmlVersion::Implicit1_0)
+            .map_err(|e| e.to_string())?;
+        attributes.push((
+            String::from_utf8_lossy(local.as_ref()).into_owned(),
+            value.into_owned(),
+        ));
+    }
+    Ok(Element {
+        namespace,
+        name: String::from_utf8_lossy(start.local_name().as_ref()).into_owned(),
+        attributes,
+        text: String::new(),
+        children: Vec::new(),
+        offset,
+    })
+}
+
+fn position_error(xml: &str, offset: usize, message: String) -> XmlError {
+    let bytes = xml.as_bytes();
+    // An event's offset may sit before the whitespace that precedes its tag.
+    let mut at = offset.min(bytes.len());
+    while at < bytes.len() && bytes[at].is_ascii_whitespace() {
+        at += 1;
+    }
+    if at == bytes.len() {
+        at = offset.min(bytes.len());
+    }
+    let before = &bytes[..at];
+    let line = 1 + before.iter().filter(|&&b| b == b'\n').count();
+    let line_start = before
+        .iter()
+        .rposition(|&b| b == b'\n')
+        .map_or(0, |i| i + 1);
+    XmlError {
+        line,
+        column: 1 + String::from_utf8_lossy(&before[line_start..])
+            .chars()
+            .count(),
+        message,
     }
 }
 
@@ -522,6 +711,17 @@ mod tests {
         );
         assert_eq!(d.balloon.as_deref(), Some("virtio"));
         assert_eq!(
+            d.nova,
+            Some(NovaInstance {
+                name: Some("gpu-worker-1".into()),
+                project: Some("climate-lab".into()),
+                project_id: Some("p1".into()),
+                user: Some("alice".into()),
+                user_id: Some("u1".into()),
+                flavor: Some("g1.titanxp".into()),
+            })
+        );
+        assert_eq!(
             d.nova_description(),
             " (Nova instance 'gpu-worker-1', project 'climate-lab')"
         );
@@ -554,6 +754,101 @@ mod tests {
     }
 
     #[test]
+    fn managed_absent_means_no_as_in_libvirt() {
+        let d = Domain::from_xml(
+            "<domain><name>x</name><memory>1</memory><devices>\
+             <hostdev mode='subsystem' type='pci'><source><address bus='0x18' slot='0' function='0'/></source></hostdev>\
+             <hostdev mode='subsystem' type='pci' managed='yes'><source><address bus='0x18' slot='0' function='1'/></source></hostdev>\
+             </devices></domain>",
+        )
+        .expect("parse");
+        let managed: Vec<bool> = d.hostdevs.iter().map(|h| h.managed).collect();
+        assert_eq!(managed, vec![false, true]);
+    }
+
+    #[test]
+    fn interface_hostdevs_are_pci_host_devices() {
+        let d = Domain::from_xml(
+            "<domain><name>x</name><memory>1</memory><devices>\
+             <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/>\
+             <source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source></interface>\
+             <interface type='bridge'><source bridge='br0'/></interface>\
+             </devices></domain>",
+        )
+        .expect("parse");
+        assert_eq!(
+            d.hostdevs,
+            vec![Hostdev {
+                address: "0000:3b:02.1".parse().expect("address"),
+                managed: true,
+                kind: HostdevKind::Interface,
+            }]
+        );
+    }
+
+    #[test]
+    fn another_namespace_with_nova_names_is_not_nova() {
+        let xml = r#"<domain><name>x</name><memory>1</memory>
+  <metadata>
+    <x:instance xmlns:x="http://example.org/other"><x:name>not-nova</x:name></x:instance>
+    <nova:instance xmlns:nova="http://openstack.org/xmlns/libvirt/nova/1.0"><nova:name>vm</nova:name></nova:instance>
+    <y:instance xmlns:y="http://example.org/third"/>
+  </metadata>
+  <y:memory xmlns:y="http://example.org/third">99</y:memory>
+</domain>"#;
+        let d = Domain::from_xml(xml).expect("parse");
+        assert_eq!(
+            d.memory_bytes, 1024,
+            "the namespaced <y:memory> is not libvirt's"
+        );
+        assert_eq!(
+            d.nova.and_then(|n| n.name).as_deref(),
+            Some("vm"),
+            "only Nova's namespace counts"
+        );
+    }
+
+    #[test]
+    fn element_order_does_not_matter() {
+        let d = Domain::from_xml(
+            "<domain><devices><hostdev mode='subsystem' type='pci' managed='yes'>\
+             <source><address bus='0x18' slot='0' function='0'/></source></hostdev></devices>\
+             <memory unit='GiB'>4</memory><name>late</name><devices>\
+             </devices></domain>",
+        )
+        .expect("parse");
+        assert_eq!(d.name, "late");
+        assert_eq!(d.memory_bytes, 4 << 30);
+        assert_eq!(d.hostdevs.len(), 1);
+    }
+
+    #[test]
+    fn numa_cells_and_numatune() {
+        let d = Domain::from_xml(
+            "<domain><name>n</name><memory unit='GiB'>16</memory>\
+             <numatune><memory mode='strict' nodeset='0-1'/><memnode cellid='0' mode='strict' nodeset='1'/></numatune>\
+             <cpu><numa><cell id='0' cpus='0-3' memory='8' unit='GiB'/><cell id='1' cpus='4-7' memory='8388608'/></numa></cpu>\
+             </domain>",
+        )
+        .expect("parse");
+        assert_eq!(
+            d.numa_cells,
+            vec![
+                NumaCell {
+                    id: 0,
+                    memory_bytes: 8 << 30
+                },
+                NumaCell {
+                    id: 1,
+                    memory_bytes: 8 << 30
+                }
+            ]
+        );
+        assert_eq!(d.numatune.host_nodes_of(0), Some("1"));
+        assert_eq!(d.numatune.host_nodes_of(1), Some("0-1"));
+    }
+
+    #[test]
     fn malformed_xml_is_an_error_with_line_and_column() {
         let err = Domain::from_xml("<domain>\n  <name>x</name>\n  <memory>1</mem>\n</domain>")
             .expect_err("mismatched end tag");
@@ -567,17 +862,37 @@ mod tests {
     }
 
     #[test]
-    fn bad_values_are_errors_naming_them() {
-        let err =
-            Domain::from_xml("<domain><name>x</name><memory unit='parsecs'>1</memory></domain>")
-                .expect_err("unit");
-        assert!(err.message.contains("parsecs"), "{err}");
+    fn bad_values_are_errors_naming_them_where_they_are() {
         let err = Domain::from_xml(
-            "<domain><name>x</name><memory>1</memory><devices><hostdev mode='subsystem' type='pci'>\
+            "<domain>\n  <name>x</name>\n  <memory unit='parsecs'>1</memory>\n</domain>",
+        )
+        .expect_err("unit");
+        assert!(err.message.contains("parsecs"), "{err}");
+        assert_eq!((err.line, err.column), (3, 3), "{err}");
+        let err = Domain::from_xml(
+            "<domain><name>x</name><memory>1</memory><devices>\n<hostdev mode='subsystem' type='pci'>\
              <source><address bus='0x100' slot='0' function='0'/></source></hostdev></devices></domain>",
         )
         .expect_err("bus");
         assert!(err.message.contains("bus='0x100'"), "{err}");
+        assert_eq!(err.line, 2, "{err}");
+        let err = Domain::from_xml("<network><name>x</name></network>").expect_err("not a domain");
+        assert!(err.message.contains("not <domain>"), "{err}");
+    }
+
+    #[test]
+    fn entities_are_decoded() {
+        let d = Domain::from_xml(
+            "<domain><name>a&amp;b&#x41;</name><memory>1</memory><metadata>\
+             <nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'>\
+             <nova:owner><nova:project uuid='p&lt;1'>R&amp;D</nova:project></nova:owner>\
+             </nova:instance></metadata></domain>",
+        )
+        .expect("parse");
+        assert_eq!(d.name, "a&bA");
+        let nova = d.nova.expect("nova");
+        assert_eq!(nova.project.as_deref(), Some("R&D"));
+        assert_eq!(nova.project_id.as_deref(), Some("p<1"));
     }
 
     #[test]
@@ -589,13 +904,22 @@ mod tests {
         let d = domain_from_status_xml(&status).expect("status");
         assert_eq!(d.name, "instance-0000002a");
         assert_eq!(d.hostdevs.len(), 2);
+        let err = domain_from_status_xml("<domstatus/>").expect_err("no domain");
+        assert!(err.message.contains("no <domain>"), "{err}");
     }
 
     #[test]
-    fn units() {
+    fn units_as_libvirt_reads_them() {
         assert_eq!(size_in_bytes(1, Some("KB")), Ok(1000));
+        assert_eq!(size_in_bytes(1, Some("kb")), Ok(1000));
         assert_eq!(size_in_bytes(3, Some("GiB")), Ok(3 << 30));
+        assert_eq!(size_in_bytes(3, Some("gib")), Ok(3 << 30));
+        assert_eq!(size_in_bytes(3, Some("g")), Ok(3 << 30));
+        assert_eq!(size_in_bytes(3, Some("M")), Ok(3 << 20));
+        assert_eq!(size_in_bytes(3, Some("Bytes")), Ok(3));
         assert_eq!(size_in_bytes(3, None), Ok(3 << 10));
         assert!(size_in_bytes(u64::MAX, Some("EiB")).is_err());
+        assert!(size_in_bytes(1, Some("Gx")).is_err());
+        assert!(size_in_bytes(1, Some("")).is_err());
     }
 }

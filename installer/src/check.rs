@@ -153,8 +153,16 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
         )
     });
 
-    let gpus = cx.inventory.selected(cx.wanted);
-    if gpus.is_empty() {
+    let selection = cx.inventory.select(cx.wanted);
+    for (_, why) in &selection.left_out {
+        lines.push(CheckLine::fail(
+            "iommu-group",
+            why.clone(),
+            "move the card or enable ACS, then reboot; `install` leaves this GPU out meanwhile",
+        ));
+    }
+    let gpus = selection.usable;
+    if gpus.is_empty() && selection.left_out.is_empty() {
         lines.push(CheckLine::warn(
             "gpus",
             "no NVIDIA GPU (or none of --gpu) on this host",
@@ -272,10 +280,20 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
 
     let config = host_model::env_path(host_model::config::PATH_ENV)
         .unwrap_or_else(|| under(cx.root, host_model::config::DEFAULT_PATH));
-    lines.push(match host_model::config::load(&config) {
-        Ok(_) => CheckLine::pass("config", format!("{} is valid", config.display())),
-        Err(e) => CheckLine::fail("config", e.to_string(), "correct the file"),
-    });
+    match host_model::config::load(&config) {
+        Ok(loaded) if loaded.warnings.is_empty() => lines.push(CheckLine::pass(
+            "config",
+            format!("{} is valid", config.display()),
+        )),
+        Ok(loaded) => lines.extend(loaded.warnings.into_iter().map(|w| {
+            CheckLine::warn(
+                "config",
+                w,
+                "remove it, or update gpu-passthrough to the version the file was written for",
+            )
+        })),
+        Err(e) => lines.push(CheckLine::fail("config", e.to_string(), "correct the file")),
+    }
     lines
 }
 

@@ -19,7 +19,7 @@ use similar::TextDiff;
 use crate::check::HOOK_PATH;
 use crate::divert::{Diversion, State};
 use crate::files::{under, write_atomic};
-use crate::inventory::Gpu;
+use crate::inventory::{Gpu, Inventory};
 use crate::runner::{command_line, Ran, Runner};
 
 pub const STATE_DIR: &str = "/var/lib/gpu-passthrough";
@@ -185,15 +185,66 @@ fn create_dirs(root: &Path, dir: &Path, state: &mut InstallState) -> Result<()> 
     Ok(())
 }
 
-pub fn plan(host: &Host<'_>, gpus: &[&Gpu]) -> Result<Plan> {
+/// The GPUs to set up: the usable ones of the selection. A GPU whose IOMMU group
+/// holds a device the host needs is left out with a note, or stops install when the
+/// operator named its model; and a host function that `vfio-pci ids=` would take with
+/// them (an unusable GPU of the same model, a card not set up) stops it too.
+pub fn choose_gpus<'a>(
+    inventory: &'a Inventory,
+    wanted: &[(u16, u16)],
+    notes: &mut Vec<String>,
+) -> Result<Vec<&'a Gpu>> {
+    let selection = inventory.select(wanted);
+    for (gpu, why) in &selection.left_out {
+        if wanted.contains(&gpu.ids()) {
+            bail!(
+                "{why}. Not setting it up, as --gpu {} asks",
+                gpu.display().ids()
+            );
+        }
+        notes.push(format!("left out: {why}"));
+    }
+    let gpus = selection.usable;
     if gpus.is_empty() {
+        if selection.left_out.is_empty() {
+            bail!(
+                "no GPU to set up: no NVIDIA display function on this host (or none matching \
+                 --gpu); `gpu-passthrough scan` lists what there is"
+            );
+        }
+        bail!("no GPU to set up: every one was left out (see above)");
+    }
+    let caught = inventory.caught_by_ids(&gpus);
+    if !caught.is_empty() {
+        let names: Vec<String> = caught
+            .iter()
+            .map(|f| {
+                format!(
+                    "{} ({}, driver {})",
+                    f.address,
+                    f.ids(),
+                    f.driver.as_deref().unwrap_or("none")
+                )
+            })
+            .collect();
         bail!(
-            "no GPU to set up: no NVIDIA display function on this host (or none matching --gpu); \
-             `gpu-passthrough scan` lists what there is"
+            "`options vfio-pci ids=` binds by vendor:device on the whole host, so it would also \
+             take {} at the next boot, which is not set up for passthrough. Nothing changed. \
+             Fix: make that device usable too (see `gpu-passthrough scan`) and include its \
+             model with --gpu, or move it; then run install again",
+            names.join(" and ")
         );
     }
-    let state = read_state(host.root)?;
+    Ok(gpus)
+}
+
+pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Result<Plan> {
     let mut notes = Vec::new();
+    let gpus = choose_gpus(inventory, wanted, &mut notes)?;
+    for note in &notes {
+        eprintln!("gpu-passthrough: warning: {note}");
+    }
+    let state = read_state(host.root)?;
     let mut ids: BTreeSet<String> = BTreeSet::new();
     for gpu in gpus {
         for (_, e) in &gpu.functions {

@@ -1,8 +1,13 @@
-//! The host's GPUs: each display-class PCI function with the functions that must go
-//! with it into a VM (the other functions of its slot, the other members of its IOMMU
-//! group), and which running domain holds what.
+//! The host's GPUs: each display-class PCI function with the functions of its card (the
+//! other functions of its slot with its vendor), the other members of its IOMMU group,
+//! and which running domain holds what.
+//!
+//! A GPU card's functions are the functions of its own slot (domain:bus:device) with
+//! the GPU's vendor; never other members of its IOMMU group, which may be a NIC or a
+//! disk controller of the host (a board without ACS). Such a member on a host driver
+//! makes the GPU unusable: passing it through would take that device from the host.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
@@ -22,8 +27,10 @@ pub struct Sources {
     pub pci_ids: Option<PathBuf>,
 }
 
-/// One PCI function as `scan --json` shows it (the contract's fields, and `gpu`: the
-/// display function it goes with).
+/// One PCI function as `scan --json` shows it (the contract's fields; `gpu`: the
+/// display function it goes with; `role`: `gpu`, `card` (a function of the GPU's
+/// card) or `group-member` (another member of its IOMMU group); `problem`: on a GPU,
+/// why it cannot be passed through, on a group member, why it stands in the way).
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 pub struct FunctionEntry {
     pub address: String,
@@ -39,23 +46,89 @@ pub struct FunctionEntry {
     /// The display function this one goes with (itself for a display function).
     pub gpu: String,
     pub numa_node: Option<u32>,
+    pub role: &'static str,
+    pub problem: Option<String>,
 }
 
-/// A GPU: its display function first, then the functions that go with it.
+/// A GPU: its card's functions (the display function first), and the other members
+/// of its IOMMU group(s), bridges aside.
 #[derive(Debug, Clone)]
 pub struct Gpu {
     pub functions: Vec<(PciFunction, FunctionEntry)>,
+    pub group_others: Vec<(PciFunction, FunctionEntry)>,
 }
 
 impl Gpu {
     pub fn display(&self) -> &PciFunction {
         &self.functions[0].0
     }
+
+    pub fn ids(&self) -> (u16, u16) {
+        (self.display().vendor_id, self.display().device_id)
+    }
+
+    /// Whether `address` is one of this card's functions.
+    pub fn has_function(&self, address: PciAddress) -> bool {
+        self.functions.iter().any(|(f, _)| f.address == address)
+    }
+
+    /// The group members outside the card that a host driver holds (not vfio-pci or
+    /// pci-stub), leaving out the functions of `also_bound` cards, which vfio-pci will
+    /// take too.
+    pub fn blockers<'a>(&'a self, also_bound: &[&Gpu]) -> Vec<&'a (PciFunction, FunctionEntry)> {
+        self.group_others
+            .iter()
+            .filter(|(f, _)| {
+                !matches!(
+                    f.driver.as_deref(),
+                    None | Some("vfio-pci") | Some("pci-stub")
+                ) && !also_bound.iter().any(|g| g.has_function(f.address))
+            })
+            .collect()
+    }
+
+    /// Why the GPU cannot be passed through, naming each blocking device, its driver
+    /// and the way out.
+    pub fn blocker_text(&self, blockers: &[&(PciFunction, FunctionEntry)]) -> String {
+        let devices: Vec<String> = blockers
+            .iter()
+            .map(|(f, e)| {
+                format!(
+                    "{} ({} {}, driver {})",
+                    e.address,
+                    f.ids(),
+                    e.name.as_deref().unwrap_or("unknown to pci.ids"),
+                    f.driver.as_deref().unwrap_or("none")
+                )
+            })
+            .collect();
+        format!(
+            "GPU {} ({}) cannot be passed through without taking {} from the host: it is in \
+             the same IOMMU group {}. Move the card to a slot with an IOMMU group of its own, \
+             or enable ACS for that slot in the firmware",
+            self.functions[0].1.address,
+            self.display().ids(),
+            devices.join(" and "),
+            self.display()
+                .iommu_group
+                .map_or("?".to_owned(), |g| g.to_string())
+        )
+    }
+}
+
+/// Which GPUs can be set up, and which must be left out and why.
+#[derive(Debug)]
+pub struct Selection<'a> {
+    pub usable: Vec<&'a Gpu>,
+    /// (GPU, why it cannot be passed through).
+    pub left_out: Vec<(&'a Gpu, String)>,
 }
 
 #[derive(Debug)]
 pub struct Inventory {
     pub gpus: Vec<Gpu>,
+    /// Every readable PCI function of the host, by address.
+    pub functions: BTreeMap<PciAddress, PciFunction>,
     pub running: Vec<Domain>,
     /// PCI functions and status files that could not be read: the commands say so on
     /// stderr and go on with the rest.
@@ -100,66 +173,77 @@ impl Inventory {
                 .and_then(|t| pciids::lookup_in(t, f.vendor_id, f.device_id))
         };
 
+        let entry = |f: &PciFunction, display: PciAddress, role: &'static str| FunctionEntry {
+            address: f.address.to_string(),
+            vendor_id: format!("{:04x}", f.vendor_id),
+            device_id: format!("{:04x}", f.device_id),
+            class: format!("0x{:06x}", f.class),
+            name: name_of(f),
+            driver: f.driver.clone(),
+            iommu_group: f.iommu_group,
+            iommu_group_members: group_members_of(&src.sysfs, f)
+                .iter()
+                .map(PciAddress::to_string)
+                .collect(),
+            nova_device_type: if f.is_virtual_function {
+                "type-VF"
+            } else if f.sriov_capable {
+                "type-PF"
+            } else {
+                "type-PCI"
+            },
+            in_use_by: holder.get(&f.address).cloned(),
+            gpu: display.to_string(),
+            numa_node: f.numa_node,
+            role,
+            problem: None,
+        };
+
         let mut gpus = Vec::new();
         for display in functions
             .values()
             .filter(|f| pci::base_class(f.class) == CLASS_DISPLAY)
         {
-            let mut members = vec![display.address];
-            // Same slot: HDMI audio, and the USB/UCSI functions of Turing cards.
-            members.extend(functions.keys().copied().filter(|a| {
-                (a.domain, a.bus, a.device)
-                    == (
-                        display.address.domain,
-                        display.address.bus,
-                        display.address.device,
-                    )
-                    && *a != display.address
-            }));
-            // Same IOMMU group, bridges aside.
-            let group_members = group_members_of(&src.sysfs, display);
-            for m in &group_members {
-                let is_bridge = functions
-                    .get(m)
-                    .is_some_and(|f| pci::is_pci_bridge(f.class));
-                if !members.contains(m) && !is_bridge && functions.contains_key(m) {
-                    members.push(*m);
+            let a = display.address;
+            // The card: the functions of its slot with its vendor (HDMI audio, the
+            // USB/UCSI functions of Turing cards), never a board device that shares the slot.
+            let card: Vec<&PciFunction> = std::iter::once(display)
+                .chain(functions.values().filter(|f| {
+                    (f.address.domain, f.address.bus, f.address.device)
+                        == (a.domain, a.bus, a.device)
+                        && f.address != a
+                        && f.vendor_id == display.vendor_id
+                }))
+                .collect();
+            let card_addresses: BTreeSet<PciAddress> = card.iter().map(|f| f.address).collect();
+            let mut others = BTreeSet::new();
+            for f in &card {
+                for m in group_members_of(&src.sysfs, f) {
+                    if !card_addresses.contains(&m) {
+                        others.insert(m);
+                    }
                 }
             }
-            let entries = members
-                .iter()
-                .map(|a| {
-                    let f = functions[a].clone();
-                    let entry = FunctionEntry {
-                        address: a.to_string(),
-                        vendor_id: format!("{:04x}", f.vendor_id),
-                        device_id: format!("{:04x}", f.device_id),
-                        class: format!("0x{:06x}", f.class),
-                        name: name_of(&f),
-                        driver: f.driver.clone(),
-                        iommu_group: f.iommu_group,
-                        iommu_group_members: group_members_of(&src.sysfs, &f)
-                            .iter()
-                            .map(PciAddress::to_string)
-                            .collect(),
-                        nova_device_type: if f.is_virtual_function {
-                            "type-VF"
-                        } else if f.sriov_capable {
-                            "type-PF"
-                        } else {
-                            "type-PCI"
-                        },
-                        in_use_by: holder.get(a).cloned(),
-                        gpu: display.address.to_string(),
-                        numa_node: f.numa_node,
-                    };
-                    (f, entry)
-                })
+            let group_others = others
+                .into_iter()
+                .filter_map(|m| functions.get(&m))
+                .filter(|f| !pci::is_pci_bridge(f.class))
+                .map(|f| (f.clone(), entry(f, a, "group-member")))
                 .collect();
-            gpus.push(Gpu { functions: entries });
+            gpus.push(Gpu {
+                functions: card
+                    .iter()
+                    .map(|f| {
+                        let role = if f.address == a { "gpu" } else { "card" };
+                        ((*f).clone(), entry(f, a, role))
+                    })
+                    .collect(),
+                group_others,
+            });
         }
         Ok(Inventory {
             gpus,
+            functions,
             running: running.domains,
             unreadable,
         })
@@ -172,12 +256,93 @@ impl Inventory {
         self.gpus
             .iter()
             .filter(|g| {
-                let d = g.display();
                 if wanted.is_empty() {
-                    d.vendor_id == NVIDIA
+                    g.display().vendor_id == NVIDIA
                 } else {
-                    wanted.contains(&(d.vendor_id, d.device_id))
+                    wanted.contains(&g.ids())
                 }
+            })
+            .collect()
+    }
+
+    /// The selected GPUs split into those that can be passed through and those whose
+    /// IOMMU group holds a device the host needs. vfio-pci takes every usable card's
+    /// functions, so another usable card in the group does not stand in the way; a card
+    /// left out may make another one unusable in turn, hence the loop.
+    pub fn select(&self, wanted: &[(u16, u16)]) -> Selection<'_> {
+        let mut usable = self.selected(wanted);
+        let mut left_out = Vec::new();
+        loop {
+            let before = usable.len();
+            let bound = usable.clone();
+            usable.retain(|g| {
+                let blockers = g.blockers(&bound);
+                if blockers.is_empty() {
+                    true
+                } else {
+                    left_out.push((*g, g.blocker_text(&blockers)));
+                    false
+                }
+            });
+            if usable.len() == before {
+                break;
+            }
+        }
+        left_out.sort_by_key(|(g, _)| g.display().address);
+        Selection { usable, left_out }
+    }
+
+    /// Every GPU with its `problem` filled in as `scan` shows it: the default
+    /// selection's view (every NVIDIA card set up together).
+    pub fn scan_entries(&self) -> Vec<FunctionEntry> {
+        let selection = self.select(&[]);
+        let mut out = Vec::new();
+        for gpu in &self.gpus {
+            let problem = if selection.usable.iter().any(|g| std::ptr::eq(*g, gpu)) {
+                None
+            } else {
+                let blockers = gpu.blockers(&selection.usable);
+                (!blockers.is_empty()).then(|| gpu.blocker_text(&blockers))
+            };
+            let blockers: BTreeSet<PciAddress> = gpu
+                .blockers(&selection.usable)
+                .iter()
+                .map(|(f, _)| f.address)
+                .collect();
+            for (i, (_, e)) in gpu.functions.iter().enumerate() {
+                let mut e = e.clone();
+                if i == 0 {
+                    e.problem = problem.clone();
+                }
+                out.push(e);
+            }
+            for (f, e) in &gpu.group_others {
+                let mut e = e.clone();
+                if blockers.contains(&f.address) {
+                    e.problem = Some(format!(
+                        "on the host driver {}: GPU {} cannot be passed through without it",
+                        f.driver.as_deref().unwrap_or("none"),
+                        gpu.functions[0].1.address
+                    ));
+                }
+                out.push(e);
+            }
+        }
+        out
+    }
+
+    /// Host functions outside the `cards` that `vfio-pci ids=` would take too: their
+    /// vendor:device is one of the cards' functions'.
+    pub fn caught_by_ids(&self, cards: &[&Gpu]) -> Vec<&PciFunction> {
+        let ids: BTreeSet<(u16, u16)> = cards
+            .iter()
+            .flat_map(|g| g.functions.iter().map(|(f, _)| (f.vendor_id, f.device_id)))
+            .collect();
+        self.functions
+            .values()
+            .filter(|f| {
+                ids.contains(&(f.vendor_id, f.device_id))
+                    && !cards.iter().any(|g| g.has_function(f.address))
             })
             .collect()
     }

@@ -116,6 +116,10 @@ enum Cmd {
         prometheus: bool,
     },
     /// Print the nova.conf [pci] settings and flavor commands for this host's GPUs.
+    ///
+    /// One alias per GPU model, named from its ids (10de_1b02), so that every host
+    /// names the same model alike; by default only each card's GPU function is
+    /// offered. GPUs whose IOMMU group holds a device the host needs are left out.
     NovaConfig {
         /// OpenStack release (code name or 2024.1): device_spec from Zed on,
         /// passthrough_whitelist before.
@@ -124,6 +128,11 @@ enum Cmd {
         /// Configure these GPUs (VENDOR:DEVICE, hex) instead of every NVIDIA one.
         #[arg(long = "gpu", value_name = "VENDOR:DEVICE", value_parser = parse_ids)]
         gpus: Vec<(u16, u16)>,
+        /// Offer the cards' sibling functions (HDMI audio, USB, UCSI) to Nova too, as
+        /// aliases of their own. Nova does not keep one card's functions together, so
+        /// a VM may get card A's GPU and card B's audio; off by default.
+        #[arg(long)]
+        with_siblings: bool,
     },
     /// Write man pages for gpu-passthrough and its commands into DIR.
     #[command(hide = true)]
@@ -217,7 +226,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 runner: &runner,
                 lock_dirs_created: if *dry_run { Vec::new() } else { lock_dirs },
             };
-            let plan = match install::plan(&host, &inventory.selected(gpus)) {
+            let plan = match install::plan(&host, &inventory, gpus) {
                 Ok(plan) => plan,
                 Err(e) => {
                     install::remove_lock_dirs(&host);
@@ -274,7 +283,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             status(&paths, cli.json, *prometheus)
         }
-        Cmd::NovaConfig { release, gpus } => {
+        Cmd::NovaConfig {
+            release,
+            gpus,
+            with_siblings,
+        } => {
             if let Err(e) = nova::uses_device_spec(release) {
                 // An unknown release is a usage error: exit status 2.
                 Cli::command()
@@ -285,7 +298,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     .exit();
             }
             let inventory = read_inventory(&paths)?;
-            print!("{}", nova::render(&inventory.selected(gpus), release)?);
+            let selection = inventory.select(gpus);
+            let left_out: Vec<String> = selection.left_out.iter().map(|(_, w)| w.clone()).collect();
+            for why in &left_out {
+                eprintln!("gpu-passthrough: warning: not offered to Nova: {why}");
+            }
+            let offer = if *with_siblings {
+                eprintln!("gpu-passthrough: warning: {}", nova::SIBLINGS_WARNING);
+                nova::Offer::WithSiblings
+            } else {
+                nova::Offer::GpuFunctionOnly
+            };
+            print!(
+                "{}",
+                nova::render(&selection.usable, &left_out, release, offer)?
+            );
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Man { dir } => {
@@ -350,11 +377,7 @@ fn read_inventory(paths: &Paths) -> Result<Inventory> {
 
 fn scan(paths: &Paths, json: bool) -> Result<ExitCode> {
     let inventory = read_inventory(paths)?;
-    let entries: Vec<_> = inventory
-        .gpus
-        .iter()
-        .flat_map(|g| g.functions.iter().map(|(_, e)| e))
-        .collect();
+    let entries = inventory.scan_entries();
     if json {
         println!("{}", serde_json::to_string_pretty(&entries)?);
         return Ok(ExitCode::SUCCESS);
@@ -369,8 +392,12 @@ fn scan(paths: &Paths, json: bool) -> Result<ExitCode> {
         "{:<14} {:<9} {:<8} {:<14} {:>5} {:<8} {:<16} NAME",
         "ADDRESS", "IDS", "CLASS", "DRIVER", "GROUP", "NOVA", "IN USE BY"
     )?;
-    for e in entries {
-        let indent = if e.gpu == e.address { "" } else { " " };
+    for e in &entries {
+        let indent = match e.role {
+            "gpu" => "",
+            "card" => " ",
+            _ => " ~",
+        };
         writeln!(
             out,
             "{:<14} {:<9} {:<8} {:<14} {:>5} {:<8} {:<16} {}",
@@ -384,6 +411,21 @@ fn scan(paths: &Paths, json: bool) -> Result<ExitCode> {
             e.name.as_deref().unwrap_or("-")
         )?;
     }
+    let problems: Vec<&str> = entries
+        .iter()
+        .filter(|e| e.role == "gpu")
+        .filter_map(|e| e.problem.as_deref())
+        .collect();
+    if !problems.is_empty() {
+        writeln!(out)?;
+        for p in problems {
+            writeln!(out, "unusable: {p}")?;
+        }
+    }
+    writeln!(
+        out,
+        "(indented: the functions of the GPU's card; ~: other members of its IOMMU group)"
+    )?;
     Ok(ExitCode::SUCCESS)
 }
 

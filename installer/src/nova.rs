@@ -42,95 +42,117 @@ const DATED: &[(&str, &str)] = &[
 
 /// Whether `release` (code name or `2024.1`) uses `device_spec`.
 pub fn uses_device_spec(release: &str) -> Result<bool> {
+    Ok(release_index(release)? >= release_index(FIRST_WITH_DEVICE_SPEC)?)
+}
+
+/// The alias of a model: `<vendor>_<device>` in lower-case hex. It must be the same on
+/// every host for the same model (controllers and computes must agree) and differ
+/// between models, so it comes from the ids, never from pci.ids.
+pub fn alias_name(vendor: u16, device: u16) -> String {
+    format!("{vendor:04x}_{device:04x}")
+}
+
+/// The scheduler filters a release enables by default (nova.conf
+/// `[filter_scheduler] enabled_filters`): RetryFilter left the defaults in Train,
+/// AvailabilityZoneFilter (replaced by a placement pre-filter) in Caracal (2024.1).
+fn default_filters(release_index: usize) -> Vec<&'static str> {
+    let at = |name: &str| {
+        RELEASES
+            .iter()
+            .position(|r| *r == name)
+            .expect("a release in the list")
+    };
+    let mut filters = Vec::new();
+    if release_index < at("train") {
+        filters.push("RetryFilter");
+    }
+    if release_index < at("caracal") {
+        filters.push("AvailabilityZoneFilter");
+    }
+    filters.extend([
+        "ComputeFilter",
+        "ComputeCapabilitiesFilter",
+        "ImagePropertiesFilter",
+        "ServerGroupAntiAffinityFilter",
+        "ServerGroupAffinityFilter",
+    ]);
+    filters
+}
+
+/// The position of `release` (code name or `2024.1`) in [`RELEASES`].
+fn release_index(release: &str) -> Result<usize> {
     let lower = release.to_ascii_lowercase();
     let name = DATED
         .iter()
         .find(|(dated, _)| *dated == lower)
         .map_or(lower.as_str(), |(_, name)| name);
-    let Some(index) = RELEASES.iter().position(|r| *r == name) else {
-        bail!(
+    RELEASES.iter().position(|r| *r == name).ok_or_else(|| {
+        anyhow::anyhow!(
             "unknown OpenStack release {release:?}; known: {} (or 2023.1 to 2026.1)",
             RELEASES.join(", ")
-        );
-    };
-    let zed = RELEASES
-        .iter()
-        .position(|r| *r == FIRST_WITH_DEVICE_SPEC)
-        .expect("zed is in the list");
-    Ok(index >= zed)
+        )
+    })
 }
 
-/// The function type part of an alias name, from the PCI class.
-fn function_type(class: u32) -> String {
-    match class >> 8 {
-        0x0300 => "VGA".into(),
-        0x0302 => "3D".into(),
-        0x0380 => "DISPLAY".into(),
-        0x0403 => "SND".into(),
-        0x0c03 => "USB".into(),
-        0x0c80 => "UCSI".into(),
-        other => format!("CLASS{other:04X}"),
-    }
-}
-
-/// The chip's short name from pci.ids (`GP102 [TITAN Xp]` gives `GP102`), else the ids.
-fn chip(name: Option<&str>, vendor: u16, device: u16) -> String {
-    let device_part = name.and_then(|n| {
-        // pci.ids names are "Vendor Device"; the chip code is the first word of the
-        // device part that has both letters and digits.
-        n.split_whitespace()
-            .find(|w| {
-                w.chars().any(|c| c.is_ascii_digit()) && w.chars().any(|c| c.is_ascii_uppercase())
-            })
-            .map(|w| {
-                w.trim_matches(|c: char| !c.is_ascii_alphanumeric())
-                    .to_owned()
-            })
-    });
-    device_part
-        .filter(|c| !c.is_empty())
-        .unwrap_or_else(|| format!("{vendor:04x}_{device:04x}"))
-}
-
-/// One alias: a (vendor, device) of one function type.
+/// One alias: a (vendor, device) of one function.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 struct Alias {
     name: String,
     vendor: String,
     product: String,
     device_type: &'static str,
+    model: Option<String>,
 }
 
-pub fn render(gpus: &[&Gpu], release: &str) -> Result<String> {
-    let device_spec = uses_device_spec(release)?;
+/// What nova-config offers to Nova.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    /// The GPU function of each card only (the default).
+    GpuFunctionOnly,
+    /// The sibling functions (HDMI audio, USB, UCSI) too, as aliases of their own.
+    WithSiblings,
+}
+
+/// The warning printed when the sibling functions are offered.
+pub const SIBLINGS_WARNING: &str = "Nova does not keep the functions of one card together: a VM \
+    can get card A's GPU and card B's audio, and the hook then refuses the next VM on card B \
+    (its group is split between two VMs). Offer the sibling functions only where every VM \
+    takes whole cards in a way you control.";
+
+pub fn render(gpus: &[&Gpu], left_out: &[String], release: &str, offer: Offer) -> Result<String> {
+    let index = release_index(release)?;
+    let device_spec = index >= release_index(FIRST_WITH_DEVICE_SPEC)?;
     if gpus.is_empty() {
         bail!(
-            "no NVIDIA GPU found on this host: nothing to configure (see `gpu-passthrough scan`)"
+            "no NVIDIA GPU found on this host that can be passed through: nothing to configure \
+             (see `gpu-passthrough scan`)"
         );
     }
-    // One alias per (vendor, device); one flavor per GPU model asking for all its functions.
+    // One alias per (vendor, device); one flavor per GPU model.
     let mut aliases: BTreeMap<(String, String), Alias> = BTreeMap::new();
-    let mut flavors: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut flavors: BTreeMap<String, (Option<String>, Vec<String>)> = BTreeMap::new();
     for gpu in gpus {
-        let display_entry = &gpu.functions[0].1;
-        let model = chip(
-            display_entry.name.as_deref(),
-            gpu.display().vendor_id,
-            gpu.display().device_id,
-        );
+        let functions = match offer {
+            Offer::GpuFunctionOnly => &gpu.functions[..1],
+            Offer::WithSiblings => &gpu.functions[..],
+        };
         let mut wanted = Vec::new();
-        for (f, e) in &gpu.functions {
+        for (f, e) in functions {
             let alias = aliases
                 .entry((e.vendor_id.clone(), e.device_id.clone()))
                 .or_insert_with(|| Alias {
-                    name: format!("{model}_{}", function_type(f.class)),
+                    name: alias_name(f.vendor_id, f.device_id),
                     vendor: e.vendor_id.clone(),
                     product: e.device_id.clone(),
                     device_type: e.nova_device_type,
+                    model: e.name.clone(),
                 });
             wanted.push(format!("{}:1", alias.name));
         }
-        flavors.entry(model).or_insert(wanted);
+        let (v, d) = gpu.ids();
+        flavors
+            .entry(alias_name(v, d))
+            .or_insert((gpu.functions[0].1.name.clone(), wanted));
     }
 
     let mut out = String::new();
@@ -140,6 +162,18 @@ pub fn render(gpus: &[&Gpu], release: &str) -> Result<String> {
         "passthrough_whitelist"
     };
     writeln!(out, "# nova.conf on this compute host ({release})")?;
+    for why in left_out {
+        writeln!(out, "# Not offered: {why}.")?;
+    }
+    if offer == Offer::WithSiblings {
+        writeln!(out, "# WARNING: {SIBLINGS_WARNING}")?;
+    } else {
+        writeln!(
+            out,
+            "# Only each card's GPU function is offered; its audio/USB functions stay on \
+             vfio-pci on this host."
+        )?;
+    }
     writeln!(out, "[pci]")?;
     for a in aliases.values() {
         writeln!(
@@ -149,6 +183,9 @@ pub fn render(gpus: &[&Gpu], release: &str) -> Result<String> {
         )?;
     }
     for a in aliases.values() {
+        if let Some(model) = &a.model {
+            writeln!(out, "# {}: {model}", a.name)?;
+        }
         writeln!(
             out,
             "alias = {{\"vendor_id\": \"{}\", \"product_id\": \"{}\", \"device_type\": \"{}\", \"name\": \"{}\"}}",
@@ -172,15 +209,20 @@ pub fn render(gpus: &[&Gpu], release: &str) -> Result<String> {
         out,
         "available_filters = nova.scheduler.filters.all_filters"
     )?;
+    let mut filters = default_filters(index);
+    filters.push("PciPassthroughFilter");
     writeln!(
         out,
-        "enabled_filters = ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,\
-         ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,PciPassthroughFilter"
+        "# {release}'s default filters, plus PciPassthroughFilter"
     )?;
+    writeln!(out, "enabled_filters = {}", filters.join(","))?;
     writeln!(out)?;
-    writeln!(out, "# Flavors: one GPU with all its functions each")?;
-    for (model, wanted) in &flavors {
-        let flavor = format!("gpu.{}", model.to_ascii_lowercase());
+    writeln!(out, "# Flavors: one GPU each")?;
+    for (alias, (model, wanted)) in &flavors {
+        let flavor = format!("gpu.{alias}");
+        if let Some(model) = model {
+            writeln!(out, "# {flavor}: {model}")?;
+        }
         writeln!(
             out,
             "openstack flavor create --vcpus 8 --ram 32768 --disk 80 {flavor}"
@@ -207,19 +249,29 @@ mod tests {
     }
 
     #[test]
-    fn chip_names() {
+    fn filters_follow_the_release() {
+        let at = |r| default_filters(release_index(r).expect("known"));
         assert_eq!(
-            chip(Some("NVIDIA Corporation GP102 [TITAN Xp]"), 0x10de, 0x1b02),
-            "GP102"
+            at("queens"),
+            vec![
+                "RetryFilter",
+                "AvailabilityZoneFilter",
+                "ComputeFilter",
+                "ComputeCapabilitiesFilter",
+                "ImagePropertiesFilter",
+                "ServerGroupAntiAffinityFilter",
+                "ServerGroupAffinityFilter"
+            ]
         );
-        assert_eq!(
-            chip(
-                Some("NVIDIA Corporation TU104GL [Tesla T4]"),
-                0x10de,
-                0x1eb8
-            ),
-            "TU104GL"
-        );
-        assert_eq!(chip(None, 0x10de, 0x1b02), "10de_1b02");
+        assert_eq!(at("train")[0], "AvailabilityZoneFilter");
+        assert_eq!(at("2023.2")[0], "AvailabilityZoneFilter");
+        assert_eq!(at("2024.1")[0], "ComputeFilter");
+        assert_eq!(at("gazpacho").len(), 5);
+    }
+
+    #[test]
+    fn alias_names_come_from_the_ids() {
+        assert_eq!(alias_name(0x10de, 0x1b02), "10de_1b02");
+        assert_eq!(alias_name(0x10DE, 0x1EB8), "10de_1eb8");
     }
 }

@@ -26,6 +26,9 @@ USAGE:
     gpu-passthrough-hook DOMAIN OPERATION SUB_OPERATION EXTRA < domain.xml
     gpu-passthrough-hook --check-xml FILE|-
 
+Four arguments are always libvirt's call, whatever they hold (a domain may be
+named --help); the options below are only read in other shapes.
+
 libvirtd runs the first form: install the hook as
 /etc/libvirt/hooks/qemu.d/gpu-passthrough and restart libvirtd. At
 `prepare begin`, for a domain with PCI <hostdev>s, it checks that the IOMMU
@@ -47,13 +50,21 @@ EXIT STATUS: 0 start allowed; 1 start refused, or --check-xml found a FAIL;
 
 fn main() -> ExitCode {
     let args: Vec<OsString> = std::env::args_os().skip(1).collect();
-    let first = args.first().and_then(|a| a.to_str());
-    match first {
-        Some("--help" | "-h") => {
+    // Four arguments are libvirt's call, whatever they hold: a domain may be named
+    // `-x` or `--help`, and a failing `reconnect` makes libvirt kill the VM. Only `prepare
+    // begin` may ever fail; everything else leaves at once, without reading stdin.
+    if let [domain, operation, sub_operation, _extra] = args.as_slice() {
+        if operation != "prepare" || sub_operation != "begin" {
+            return ExitCode::SUCCESS;
+        }
+        return prepare(&domain.to_string_lossy());
+    }
+    match args.first().and_then(|a| a.to_str()) {
+        Some("--help" | "-h") if args.len() == 1 => {
             print!("{HELP}");
             ExitCode::SUCCESS
         }
-        Some("--version" | "-V") => {
+        Some("--version" | "-V") if args.len() == 1 => {
             println!("{NAME} {}", env!("CARGO_PKG_VERSION"));
             ExitCode::SUCCESS
         }
@@ -61,17 +72,11 @@ fn main() -> ExitCode {
             [file] => check_xml(Path::new(file)),
             _ => usage("--check-xml takes one argument: a domain XML file, or - for stdin"),
         },
-        Some(flag) if flag.starts_with('-') => usage(&format!("unknown option {flag:?}")),
-        _ => {
-            // libvirt: DOMAIN OPERATION SUB_OPERATION EXTRA. Only `prepare begin` may
-            // ever fail; everything else leaves at once, without reading stdin.
-            let op = |i: usize| args.get(i).and_then(|a| a.to_str());
-            if op(1) != Some("prepare") || op(2) != Some("begin") {
-                return ExitCode::SUCCESS;
-            }
-            let name = args[0].to_string_lossy().into_owned();
-            prepare(&name)
-        }
+        _ => usage(&format!(
+            "expected libvirt's four arguments (DOMAIN OPERATION SUB_OPERATION EXTRA), \
+             --check-xml FILE, --help or --version; got {} argument(s)",
+            args.len()
+        )),
     }
 }
 
@@ -92,8 +97,9 @@ fn prepare(name: &str) -> ExitCode {
     }));
     let mut xml = Vec::new();
     let read = io::stdin().read_to_end(&mut xml);
-    // The common case, a VM without host devices, needs no parsing and no logging.
-    if read.is_ok() && !xml.windows(8).any(|w| w == b"<hostdev") {
+    // The common case, a VM without host devices (neither <hostdev> nor <interface
+    // type='hostdev'>), needs no parsing and no logging.
+    if read.is_ok() && !xml.windows(7).any(|w| w == b"hostdev") {
         return ExitCode::SUCCESS;
     }
     let log = Log::open();
@@ -106,7 +112,12 @@ fn prepare(name: &str) -> ExitCode {
     }
     let config_path = config::path_from_env();
     let config = match config::load(&config_path) {
-        Ok(config) => config.hook,
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                log.warning(warning);
+            }
+            loaded.config.hook
+        }
         Err(e) => {
             return refuse(format!(
                 "refusing to start domain '{name}': the configuration is broken: {e}. Fix the \
@@ -199,7 +210,12 @@ fn check_xml(file: &Path) -> ExitCode {
     };
     let config_path = config::path_from_env();
     let config = match config::load(&config_path) {
-        Ok(config) => config.hook,
+        Ok(loaded) => {
+            for warning in &loaded.warnings {
+                eprintln!("{NAME}: warning: {warning}");
+            }
+            loaded.config.hook
+        }
         Err(e) => return fail(&e.to_string()),
     };
     if domain.hostdevs.is_empty() {

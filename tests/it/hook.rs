@@ -214,9 +214,9 @@ fn every_other_operation_exits_0_whatever_stdin_holds() {
             assert!(out.stderr.is_empty(), "{op} {sub}: {}", stderr(&out));
         }
     }
-    // And with too few arguments, as an old libvirt or a confused operator might.
-    assert_allowed(&host.run(&["vm1"], &broken));
-    assert_allowed(&host.run(&[], &broken));
+    // Other shapes are not libvirt's (it always passes four): a usage error.
+    assert_exit(&host.run(&["vm1"], &broken), 2, "libvirt's four arguments");
+    assert_exit(&host.run(&[], &broken), 2, "libvirt's four arguments");
 }
 
 #[test]
@@ -698,4 +698,182 @@ fn messages_go_to_journald_under_the_hooks_identifier() {
         message.starts_with("refusing to start domain 'vm1'"),
         "{message}"
     );
+}
+
+// Issue 10, section 3: libvirt's call first, and the XML read as libvirt reads it.
+
+#[test]
+fn four_arguments_are_libvirts_call_whatever_the_domain_is_named() {
+    let host = Host::new();
+    let broken = domain("-x", 1000, &[("0000:99:00.0", false)], "");
+    // A domain named like a flag: reconnect and release must never fail.
+    for name in ["-x", "--help", "--check-xml", "-V"] {
+        for (op, sub, extra) in [
+            ("reconnect", "begin", "-"),
+            ("release", "end", "shutdown"),
+            ("started", "begin", "-"),
+        ] {
+            let out = host.run(&[name, op, sub, extra], &broken);
+            assert_allowed(&out);
+            assert!(out.stdout.is_empty(), "{name} {op}: {}", stdout(&out));
+            assert!(out.stderr.is_empty(), "{name} {op}: {}", stderr(&out));
+        }
+    }
+    // And at prepare the checks run on it like on any other domain.
+    let out = host.prepare("--help", &domain("--help", 4, &both_functions(), ""));
+    assert_allowed(&out);
+    assert!(out.stdout.is_empty(), "no help text: {}", stdout(&out));
+    let out = host.prepare("-x", &broken);
+    assert_refused(&out, "-x", &["0000:99:00.0", "no PCI function"]);
+    // Other shapes are the hook's own flags.
+    let out = host.run(&["--help"], "");
+    assert_allowed(&out);
+    assert!(stdout(&out).starts_with("gpu-passthrough-hook: libvirt qemu hook"));
+    assert_exit(&host.run(&["--frobnicate"], ""), 2, "four arguments");
+}
+
+/// Nova-style NUMA guest: one cell of 16 GiB, pinned to host node `host_node`,
+/// backed by 1 GiB pages named by guest cell 0.
+fn numa_guest(host_node: u32) -> String {
+    domain(
+        "vm1",
+        16,
+        &both_functions(),
+        &format!(
+            "  <memoryBacking><hugepages><page size='1048576' unit='KiB' nodeset='0'/></hugepages></memoryBacking>\n  \
+             <numatune><memory mode='strict' nodeset='{host_node}'/><memnode cellid='0' mode='strict' nodeset='{host_node}'/></numatune>\n  \
+             <cpu mode='host-model'><topology sockets='1' cores='4' threads='1'/><numa><cell id='0' cpus='0-3' memory='16777216' unit='KiB'/></numa></cpu>\n"
+        ),
+    )
+}
+
+#[test]
+fn huge_pages_come_from_the_host_node_numatune_names_not_the_guest_cell() {
+    let host = Host::new();
+    let pool = "hugepages/hugepages-1048576kB/free_hugepages";
+    write_file(&host.sysfs.root().join(format!("kernel/mm/{pool}")), "16\n");
+    write_file(
+        &host
+            .sysfs
+            .root()
+            .join(format!("devices/system/node/node0/{pool}")),
+        "0\n",
+    );
+    write_file(
+        &host
+            .sysfs
+            .root()
+            .join(format!("devices/system/node/node1/{pool}")),
+        "16\n",
+    );
+    // Guest cell 0 on host node 1, which has the pages: it starts.
+    assert_allowed(&host.prepare("vm1", &numa_guest(1)));
+    // Guest cell 0 on host node 0, which has none: it cannot.
+    let out = host.prepare("vm1", &numa_guest(0));
+    assert_refused(
+        &out,
+        "vm1",
+        &["needs 16 free huge pages of 1.0 GiB on host NUMA node(s) 0 (guest cell(s) 0), the host has 0"],
+    );
+}
+
+#[test]
+fn a_hostdev_without_managed_is_unmanaged_as_in_libvirt() {
+    let host = Host::new();
+    host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("nouveau"), Some(30));
+    let xml = domain("vm1", 4, &both_functions(), "").replace(" managed='yes'", "");
+    let out = host.prepare("vm1", &xml);
+    assert_refused(
+        &out,
+        "vm1",
+        &["FAIL driver: 0000:18:00.0", "managed='no'", "'nouveau'"],
+    );
+}
+
+#[test]
+fn another_namespaces_instance_element_is_not_novas_and_refuses_nothing() {
+    let host = Host::new();
+    let metadata = NOVA_METADATA.replace(
+        "  </metadata>",
+        "    <x:instance xmlns:x=\"http://example.org/scheduler/1\"><x:name>s</x:name></x:instance>\n  </metadata>",
+    );
+    let xml = domain("vm1", 4, &both_functions(), &metadata);
+    assert_allowed(&host.prepare("vm1", &xml));
+    // The same XML as a running domain's status file: its GPU is still seen as held.
+    host.running("vm1", &xml);
+    let out = host.prepare("vm2", &domain("vm2", 4, &both_functions(), ""));
+    assert_refused(
+        &out,
+        "vm2",
+        &["held by the running domain 'vm1' (Nova instance 'gpu-worker-1', project 'climate-lab')"],
+    );
+}
+
+#[test]
+fn memory_units_are_case_insensitive_as_libvirt_reads_them() {
+    let host = Host::new();
+    let xml = domain("vm1", 4, &both_functions(), "").replace(
+        "<memory unit='KiB'>4194304</memory>",
+        "<memory unit='gib'>4</memory>",
+    );
+    assert!(xml.contains("unit='gib'"), "{xml}");
+    assert_allowed(&host.prepare("vm1", &xml));
+    let xml = xml.replace(
+        "<memory unit='gib'>4</memory>",
+        "<memory unit='gib'>100</memory>",
+    );
+    assert_refused(
+        &host.prepare("vm1", &xml),
+        "vm1",
+        &["cannot pin this VM's 100.0 GiB"],
+    );
+}
+
+#[test]
+fn an_interface_hostdev_pins_memory_like_a_hostdev() {
+    let host = Host::new();
+    let vf = "0000:3b:02.1";
+    host.function(vf, 0x8086, 0x154c, 0x020000, Some("vfio-pci"), Some(60));
+    let sriov = domain("sriov-vm", 48, &[], "").replace(
+        "</devices>",
+        "  <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/>\
+         <source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source></interface>\n  </devices>",
+    );
+    host.running("sriov-vm", &sriov);
+    let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), ""));
+    assert_refused(
+        &out,
+        "vm1",
+        &["48.0 GiB pinned by 1 running VM(s) with host devices (sriov-vm)"],
+    );
+    // And an interface hostdev alone makes a domain subject to the checks.
+    let own = domain("vm3", 100, &[], "").replace(
+        "</devices>",
+        "  <interface type='hostdev' managed='yes'>\
+         <source><address type='pci' domain='0x0000' bus='0x3b' slot='0x02' function='0x1'/></source></interface>\n  </devices>",
+    );
+    assert_refused(
+        &host.prepare("vm3", &own),
+        "vm3",
+        &["cannot pin this VM's 100.0 GiB"],
+    );
+}
+
+#[test]
+fn a_config_key_from_a_newer_version_is_a_warning_not_a_refusal() {
+    let host = Host::new();
+    host.config("[hook]\nmode = \"enforce\"\nfuture_knob = true\n[bookings]\nmode = \"enforce\"\n");
+    let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
+    assert_allowed(&out);
+    let err = stderr(&out);
+    assert!(
+        err.contains("line 3: hook.future_knob: unknown key, ignored"),
+        "{err}"
+    );
+    // A bad value of a known key is still an error.
+    host.config(
+        "[hook]\nmode = \"enforce\"\nreserved_host_memory_mib = \"lots\"\nfuture_knob = 1\n",
+    );
+    let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
 }

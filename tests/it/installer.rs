@@ -330,57 +330,142 @@ fn status_names_the_domain_nova_instance_and_project() {
     assert!(human.contains("0000:18:00.0 10de:1b02 NVIDIA Corporation GP102 [TITAN Xp]: in use by instance-0000002a (Nova instance 'gpu-worker-1'"), "{human}");
 }
 
+/// The JSON objects of `KEY = {...}` lines, in order.
+fn json_lines(text: &str, key: &str) -> Vec<Value> {
+    let prefix = format!("{key} = ");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(prefix.as_str()))
+        .map(|j| serde_json::from_str(j).expect("each such line is JSON"))
+        .collect()
+}
+
 #[test]
-fn nova_config_has_an_alias_per_function_type_and_a_flavor_per_gpu() {
+fn nova_config_offers_each_models_gpu_function_under_an_alias_from_its_ids() {
     let host = Host::with_gpus();
     let out = host.run(&["nova-config", "--release", "2024.1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
-    let aliases: Vec<Value> = text
+    assert_eq!(
+        json_lines(&text, "device_spec"),
+        vec![
+            serde_json::json!({"vendor_id": "10de", "product_id": "1b02"}),
+            serde_json::json!({"vendor_id": "10de", "product_id": "1e87"}),
+            serde_json::json!({"vendor_id": "10de", "product_id": "1eb8"}),
+        ],
+        "the GPU functions only, never audio/USB, never the BMC VGA:\n{text}"
+    );
+    assert_eq!(
+        json_lines(&text, "alias"),
+        vec![
+            serde_json::json!({"vendor_id": "10de", "product_id": "1b02", "device_type": "type-PCI", "name": "10de_1b02"}),
+            serde_json::json!({"vendor_id": "10de", "product_id": "1e87", "device_type": "type-PCI", "name": "10de_1e87"}),
+            serde_json::json!({"vendor_id": "10de", "product_id": "1eb8", "device_type": "type-PCI", "name": "10de_1eb8"}),
+        ]
+    );
+    let flavors: Vec<&str> = text
         .lines()
-        .filter_map(|l| l.strip_prefix("alias = "))
-        .map(|j| serde_json::from_str(j).expect("each alias line is JSON"))
+        .filter(|l| l.starts_with("openstack flavor set "))
         .collect();
-    let names: Vec<&str> = aliases
-        .iter()
-        .map(|a| a["name"].as_str().expect("name"))
-        .collect();
-    assert!(
-        names.contains(&"GP102_VGA") && names.contains(&"GP102_SND"),
-        "{names:?}"
-    );
-    assert!(names.contains(&"TU104GL_3D"), "{names:?}");
-    for t in ["TU104_VGA", "TU104_SND", "TU104_USB", "TU104_UCSI"] {
-        assert!(names.contains(&t), "{t} in {names:?}");
-    }
-    assert!(
-        !text.contains("1a03"),
-        "the BMC VGA is not configured: {text}"
+    assert_eq!(
+        flavors,
+        vec![
+            "openstack flavor set gpu.10de_1b02 --property \"pci_passthrough:alias\"=\"10de_1b02:1\"",
+            "openstack flavor set gpu.10de_1e87 --property \"pci_passthrough:alias\"=\"10de_1e87:1\"",
+            "openstack flavor set gpu.10de_1eb8 --property \"pci_passthrough:alias\"=\"10de_1eb8:1\"",
+        ]
     );
     assert!(
-        text.contains("device_spec = {\"vendor_id\": \"10de\", \"product_id\": \"1b02\"}"),
+        text.contains("# gpu.10de_1b02: NVIDIA Corporation GP102 [TITAN Xp]\n"),
         "{text}"
     );
-    for line in text.lines().filter(|l| l.starts_with("device_spec = ")) {
-        let _: Value = serde_json::from_str(&line["device_spec = ".len()..]).expect("JSON");
-    }
     assert!(text.contains("ram_allocation_ratio = 1.0"), "{text}");
-    assert!(text.contains("PciPassthroughFilter"), "{text}");
-    assert!(text.contains("openstack flavor set gpu.gp102 --property \"pci_passthrough:alias\"=\"GP102_VGA:1,GP102_SND:1\""), "{text}");
-    assert!(
-        text.contains(
-            "\"pci_passthrough:alias\"=\"TU104_VGA:1,TU104_SND:1,TU104_USB:1,TU104_UCSI:1\""
-        ),
-        "{text}"
-    );
 
     let old = stdout(&host.run(&["nova-config", "--release", "yoga"]));
-    assert!(
-        old.contains("passthrough_whitelist = {") && !old.contains("device_spec"),
-        "{old}"
-    );
+    assert_eq!(json_lines(&old, "passthrough_whitelist").len(), 3, "{old}");
+    assert!(!old.contains("device_spec"), "{old}");
     let bad = host.run(&["nova-config", "--release", "folsom"]);
     assert_exit(&bad, 2, "unknown OpenStack release");
+}
+
+#[test]
+fn nova_config_filters_are_the_releases_defaults_plus_pci_passthrough() {
+    let host = Host::with_gpus();
+    let filters = |release: &str| -> String {
+        let text = stdout(&host.run(&["nova-config", "--release", release]));
+        text.lines()
+            .find_map(|l| l.strip_prefix("enabled_filters = "))
+            .unwrap_or_else(|| panic!("no enabled_filters for {release}: {text}"))
+            .to_owned()
+    };
+    assert_eq!(filters("queens"), "RetryFilter,AvailabilityZoneFilter,ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,PciPassthroughFilter");
+    assert_eq!(filters("yoga"), "AvailabilityZoneFilter,ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,PciPassthroughFilter");
+    assert_eq!(filters("2024.1"), "ComputeFilter,ComputeCapabilitiesFilter,ImagePropertiesFilter,ServerGroupAntiAffinityFilter,ServerGroupAffinityFilter,PciPassthroughFilter");
+}
+
+#[test]
+fn two_models_of_one_chip_get_two_aliases_and_siblings_only_on_request() {
+    let host = Host::new();
+    for func in [
+        f(
+            "0000:18:00.0",
+            0x10de,
+            0x1b02,
+            0x030000,
+            Some("vfio-pci"),
+            30,
+        ),
+        f(
+            "0000:18:00.1",
+            0x10de,
+            0x10ef,
+            0x040300,
+            Some("vfio-pci"),
+            30,
+        ),
+        f(
+            "0000:86:00.0",
+            0x10de,
+            0x1b06,
+            0x030000,
+            Some("vfio-pci"),
+            70,
+        ),
+        f(
+            "0000:86:00.1",
+            0x10de,
+            0x10ef,
+            0x040300,
+            Some("vfio-pci"),
+            70,
+        ),
+    ] {
+        host.sysfs.add(&func);
+    }
+    write_file(
+        &host.path("usr/share/hwdata/pci.ids"),
+        format!("{PCI_IDS}10de  NVIDIA Corporation\n\t1b06  GP102 [GeForce GTX 1080 Ti]\n"),
+    );
+    let out = host.run(&["nova-config"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    let names: Vec<String> = json_lines(&text, "alias")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names, vec!["10de_1b02", "10de_1b06"], "{text}");
+    assert!(!text.contains("10ef"), "no audio by default: {text}");
+
+    let out = host.run(&["nova-config", "--with-siblings"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert!(stderr(&out).contains("Nova does not keep the functions of one card together"));
+    assert!(text.contains("# WARNING: Nova does not keep"), "{text}");
+    let names: Vec<String> = json_lines(&text, "alias")
+        .iter()
+        .map(|a| a["name"].as_str().expect("name").to_owned())
+        .collect();
+    assert_eq!(names, vec!["10de_10ef", "10de_1b02", "10de_1b06"], "{text}");
+    assert!(text.contains("openstack flavor set gpu.10de_1b06 --property \"pci_passthrough:alias\"=\"10de_1b06:1,10de_10ef:1\"\n"), "{text}");
 }
 
 #[test]
@@ -1115,4 +1200,197 @@ fn an_unreadable_pci_function_is_named_and_the_scan_goes_on() {
         8,
         "the GPUs are all there"
     );
+}
+
+// Issue 10, section 1: never bind anything but the GPU card's own functions.
+
+/// A Titan Xp (0000:18:00.0, .1) in IOMMU group 39 with the board's NIC at function 2
+/// of the same slot (8086:15b8, e1000e: a board without ACS), and a T4 of its own.
+fn titan_with_nic_in_its_slot() -> Host {
+    let host = install_root();
+    for func in [
+        f(
+            "0000:18:00.0",
+            0x10de,
+            0x1b02,
+            0x030000,
+            Some("nouveau"),
+            39,
+        ),
+        f(
+            "0000:18:00.1",
+            0x10de,
+            0x10ef,
+            0x040300,
+            Some("snd_hda_intel"),
+            39,
+        ),
+        f("0000:18:00.2", 0x8086, 0x15b8, 0x020000, Some("e1000e"), 39),
+    ] {
+        host.sysfs.add(&func);
+    }
+    // Only the Titan and the T4 on this host.
+    for gone in [
+        "0000:5e:00.0",
+        "0000:5e:00.1",
+        "0000:5e:00.2",
+        "0000:5e:00.3",
+    ] {
+        std::fs::remove_file(host.path(&format!("sys/bus/pci/devices/{gone}"))).expect("rm");
+    }
+    host
+}
+
+fn modprobe_ids(dry_run: &str) -> Vec<String> {
+    let line = dry_run
+        .lines()
+        .find_map(|l| l.strip_prefix("+options vfio-pci ids="))
+        .unwrap_or_else(|| panic!("no ids line in:\n{dry_run}"));
+    line.split(',').map(str::to_owned).collect()
+}
+
+#[test]
+fn a_nic_in_the_gpus_slot_is_never_bound_and_that_gpu_is_left_out() {
+    let host = titan_with_nic_in_its_slot();
+    let out = host.run(&["install", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(modprobe_ids(&text), vec!["10de:1eb8"], "{text}");
+    let why = "GPU 0000:18:00.0 (10de:1b02) cannot be passed through without taking 0000:18:00.2 (8086:15b8 Intel Corporation, driver e1000e) from the host";
+    assert!(stderr(&out).contains(why), "{}", stderr(&out));
+    assert!(text.contains(&format!("note: left out: {why}")), "{text}");
+
+    // Named by the operator: install stops.
+    let out = host.run(&["install", "--dry-run", "--gpu", "10de:1b02"]);
+    assert_exit(&out, 1, why);
+    assert_exit(&out, 1, "enable ACS");
+
+    // scan and check say so too.
+    let v = host.json(&["scan", "--json"]);
+    let rows: Vec<(String, String, Value)> = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .filter(|e| e["gpu"] == "0000:18:00.0")
+        .map(|e| {
+            (
+                e["address"].as_str().expect("address").to_owned(),
+                e["role"].as_str().expect("role").to_owned(),
+                e["problem"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(
+        (rows[0].0.as_str(), rows[0].1.as_str()),
+        ("0000:18:00.0", "gpu")
+    );
+    assert!(
+        rows[0].2.as_str().expect("a problem").starts_with(why),
+        "{rows:?}"
+    );
+    assert_eq!(
+        (rows[1].0.as_str(), rows[1].1.as_str(), &rows[1].2),
+        ("0000:18:00.1", "card", &Value::Null)
+    );
+    assert_eq!(
+        (rows[2].0.as_str(), rows[2].1.as_str()),
+        ("0000:18:00.2", "group-member")
+    );
+    assert!(rows[2]
+        .2
+        .as_str()
+        .expect("why it blocks")
+        .contains("e1000e"));
+    assert!(stdout(&host.run(&["scan"])).contains(&format!("unusable: {why}")));
+    let check = stdout(&host.run(&["check"]));
+    assert!(
+        check.contains(&format!("FAIL iommu-group: {why}")),
+        "{check}"
+    );
+
+    // nova-config offers neither the NIC nor the Titan.
+    let nova = stdout(&host.run(&["nova-config"]));
+    assert_eq!(
+        json_lines(&nova, "device_spec"),
+        vec![serde_json::json!({"vendor_id": "10de", "product_id": "1eb8"})],
+        "{nova}"
+    );
+    let aliases: Vec<Value> = json_lines(&nova, "alias");
+    assert_eq!(aliases.len(), 1, "{nova}");
+    assert_eq!(aliases[0]["name"], "10de_1eb8");
+    assert!(nova.contains("# Not offered: GPU 0000:18:00.0"), "{nova}");
+}
+
+#[test]
+fn a_nic_on_another_bus_behind_the_same_root_port_is_not_the_cards() {
+    let host = titan_with_nic_in_its_slot();
+    std::fs::remove_file(host.path("sys/bus/pci/devices/0000:18:00.2")).expect("rm");
+    std::fs::remove_file(host.path("sys/kernel/iommu_groups/39/devices/0000:18:00.2")).expect("rm");
+    host.sysfs
+        .add(&f(
+            "0000:19:00.0",
+            0x8086,
+            0x15b8,
+            0x020000,
+            Some("e1000e"),
+            39,
+        ))
+        .add(&f(
+            "0000:17:00.0",
+            0x8086,
+            0x2030,
+            0x060400,
+            Some("pcieport"),
+            39,
+        ));
+    let out = host.run(&["install", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(modprobe_ids(&stdout(&out)), vec!["10de:1eb8"]);
+    assert!(
+        stderr(&out)
+            .contains("without taking 0000:19:00.0 (8086:15b8 Intel Corporation, driver e1000e)"),
+        "the bridge is no obstacle, the NIC is: {}",
+        stderr(&out)
+    );
+    // Unbound, the NIC is named in scan but does not stand in the way.
+    host.sysfs
+        .add(&f("0000:19:00.0", 0x8086, 0x15b8, 0x020000, None, 39));
+    let out = host.run(&["install", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        modprobe_ids(&stdout(&out)),
+        vec!["10de:10ef", "10de:1b02", "10de:1eb8"]
+    );
+}
+
+#[test]
+fn install_stops_when_the_ids_would_take_a_gpu_left_out() {
+    let host = titan_with_nic_in_its_slot();
+    // A second Titan Xp, in a group of its own: usable. Its ids would bind the first.
+    host.sysfs
+        .add(&f(
+            "0000:86:00.0",
+            0x10de,
+            0x1b02,
+            0x030000,
+            Some("nouveau"),
+            70,
+        ))
+        .add(&f(
+            "0000:86:00.1",
+            0x10de,
+            0x10ef,
+            0x040300,
+            Some("snd_hda_intel"),
+            70,
+        ));
+    let before = snapshot(host.dir.path());
+    let out = host.run(&["install"]);
+    assert_exit(
+        &out,
+        1,
+        "would also take 0000:18:00.0 (10de:1b02, driver nouveau) and 0000:18:00.1 (10de:10ef, driver snd_hda_intel)",
+    );
+    assert_eq!(snapshot(host.dir.path()), before, "nothing changed");
 }
