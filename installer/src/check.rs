@@ -229,6 +229,8 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
         ),
     });
 
+    lines.extend(selinux_lines(cx, &diversion));
+
     let hook = under(cx.root, HOOK_PATH);
     let legacy = under(cx.root, crate::install::LEGACY_HOOK_PATH);
     let legacy_is_ours =
@@ -293,6 +295,95 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
             )
         })),
         Err(e) => lines.push(CheckLine::fail("config", e.to_string(), "correct the file")),
+    }
+    lines
+}
+
+/// The name of the package's SELinux module (from rpm/gpu-passthrough.cil).
+pub const SELINUX_MODULE: &str = "gpu-passthrough";
+/// The priority the RPM installs it at (Fedora/EL packaging practice for packages).
+pub const SELINUX_PRIORITY: u32 = 200;
+
+/// SELinux, when it is on (`SYSFS/fs/selinux/enforce` exists): qemu-kvm and .orig
+/// must be `qemu_exec_t` (libvirt's qemu domain enters nothing else), the package's
+/// module should be loaded, and `virt_use_usb` on (the wrapper reads sysfs under it).
+fn selinux_lines(cx: &Context<'_>, diversion: &Diversion) -> Vec<CheckLine> {
+    let selinuxfs = cx.sysfs.join("fs/selinux");
+    if !selinuxfs.join("enforce").exists() {
+        return vec![CheckLine::pass(
+            "selinux",
+            format!(
+                "SELinux is off ({} is absent): no labels to check",
+                selinuxfs.join("enforce").display()
+            ),
+        )];
+    }
+    let mut lines = Vec::new();
+    for (path, kind) in diversion.labels() {
+        lines.push(match kind.as_deref() {
+            Some("qemu_exec_t") => CheckLine::pass(
+                "selinux-label",
+                format!("{} is qemu_exec_t", path.display()),
+            ),
+            other => CheckLine::fail(
+                "selinux-label",
+                format!(
+                    "{} is {}, not qemu_exec_t: libvirt cannot start qemu through it (svirt_t \
+                     enters only qemu_exec_t files), so every VM start fails",
+                    path.display(),
+                    other.map_or("unlabelled".to_owned(), |t| format!("labelled {t}"))
+                ),
+                "run `gpu-passthrough divert` (it runs restorecon), or `restorecon -v \
+                 /usr/libexec/qemu-kvm /usr/libexec/qemu-kvm.orig`",
+            ),
+        });
+    }
+    let policy = std::fs::read_to_string(under(cx.root, "/etc/selinux/config"))
+        .ok()
+        .and_then(|t| {
+            t.lines().find_map(|l| {
+                l.trim()
+                    .strip_prefix("SELINUXTYPE=")
+                    .map(|v| v.trim().to_owned())
+            })
+        })
+        .unwrap_or_else(|| "targeted".to_owned());
+    let module = under(
+        cx.root,
+        &format!("/var/lib/selinux/{policy}/active/modules/{SELINUX_PRIORITY}/{SELINUX_MODULE}"),
+    );
+    lines.push(if module.exists() {
+        CheckLine::pass(
+            "selinux-module",
+            format!(
+                "the {SELINUX_MODULE} module is loaded ({policy}, priority {SELINUX_PRIORITY})"
+            ),
+        )
+    } else {
+        CheckLine::warn(
+            "selinux-module",
+            format!(
+                "the {SELINUX_MODULE} module is not loaded ({} is absent): \
+                 /etc/gpu-passthrough is not labelled virt_etc_t",
+                module.display()
+            ),
+            format!(
+                "semodule -X {SELINUX_PRIORITY} -i /usr/share/gpu-passthrough/gpu-passthrough.cil \
+                 && restorecon -R /etc/gpu-passthrough (the package's %post does this)"
+            ),
+        )
+    });
+    let boolean = selinuxfs.join("booleans/virt_use_usb");
+    if let Ok(text) = std::fs::read_to_string(&boolean) {
+        lines.push(if text.split_whitespace().next() == Some("1") {
+            CheckLine::pass("selinux-boolean", "virt_use_usb is on")
+        } else {
+            CheckLine::warn(
+                "selinux-boolean",
+                "virt_use_usb is off: the wrapper cannot read sysfs to tell GPU VMs from others",
+                "setsebool -P virt_use_usb on",
+            )
+        });
     }
     lines
 }

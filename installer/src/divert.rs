@@ -102,13 +102,17 @@ impl Diversion {
         let mut steps = Vec::new();
         match self.state()? {
             State::Diverted { current: true } => {
+                // Still the repair command the wrapper and the scriptlets print: the
+                // files are right, their labels may not be.
+                let mut steps = vec![format!(
+                    "{} is already the wrapper and {} the real qemu",
+                    self.qemu.display(),
+                    self.orig.display()
+                )];
+                steps.extend(self.restorecon(runner)?);
                 return Ok(Outcome {
                     changed: false,
-                    steps: vec![format!(
-                        "{} is already the wrapper and {} the real qemu: nothing to do",
-                        self.qemu.display(),
-                        self.orig.display()
-                    )],
+                    steps,
                 });
             }
             State::QemuMissing { orig_exists } => bail!(
@@ -226,6 +230,22 @@ impl Diversion {
             changed: true,
             steps,
         })
+    }
+
+    /// Whether SELinux labels qemu-kvm and .orig as libvirt's qemu domain needs
+    /// (`qemu_exec_t`): each file with the type it has (`None`: no label).
+    pub fn labels(&self) -> Vec<(PathBuf, Option<String>)> {
+        [&self.qemu, &self.orig]
+            .into_iter()
+            .filter(|p| p.symlink_metadata().is_ok())
+            .map(|p| {
+                let label = crate::selinux::label_of(p).ok().flatten();
+                (
+                    p.clone(),
+                    label.and_then(|l| crate::selinux::label_type(&l)),
+                )
+            })
+            .collect()
     }
 
     /// Give what we placed under /usr/libexec its file context (qemu_exec_t) back.

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use similar::TextDiff;
 
 use crate::check::HOOK_PATH;
+use crate::cmdline::{self, Kind, GRUB_DEFAULT};
 use crate::divert::{Diversion, State};
 use crate::files::{under, write_atomic};
 use crate::inventory::{Gpu, Inventory};
@@ -26,17 +27,10 @@ pub const STATE_DIR: &str = "/var/lib/gpu-passthrough";
 pub const HOOK_SOURCE: &str = "/usr/libexec/gpu-passthrough/gpu-passthrough-hook";
 /// Before libvirt 6.5 there is only this one hook per driver.
 pub const LEGACY_HOOK_PATH: &str = "/etc/libvirt/hooks/qemu";
-pub const GRUB_DEFAULT: &str = "/etc/default/grub";
 const MODPROBE: &str = "/etc/modprobe.d/gpu-passthrough.conf";
 const MODULES_LOAD: &str = "/etc/modules-load.d/gpu-passthrough.conf";
 const DRACUT: &str = "/etc/dracut.conf.d/gpu-passthrough.conf";
 const CONFIG: &str = "/etc/gpu-passthrough/config.toml";
-const SELINUX_MODULE: &str = "/var/lib/gpu-passthrough/gpu-passthrough.cil";
-/// The file-context module that labels /etc/gpu-passthrough virt_etc_t, so that the
-/// wrapper (svirt_t) can read its config. The RPM ships the same file.
-const SELINUX_CIL: &str = include_str!("../../rpm/gpu-passthrough.cil");
-/// The marker of lines we manage in files we do not own.
-const MARK: &str = "# gpu-passthrough:";
 
 /// Host drivers that must not get the GPUs' functions before vfio-pci.
 const HOST_DRIVERS: &[&str] = &[
@@ -52,10 +46,17 @@ const HOST_DRIVERS: &[&str] = &[
 /// What install did, so that uninstall can undo it.
 #[derive(Debug, Default, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InstallState {
-    /// Files written, in order, with what was there before.
+    /// Files written (by install, or by grubby for it), in order, with what was there
+    /// before and what install left.
     pub files: Vec<FileRecord>,
-    /// Kernel arguments install added (grubby and GRUB_CMDLINE_LINUX).
+    /// Kernel arguments install added somewhere (grubby and GRUB_CMDLINE_LINUX).
     pub kernel_args: Vec<String>,
+    /// Written by a version that records every command-line file per file (boot
+    /// entries, grubenv, /etc/kernel/cmdline, /etc/default/grub), so that uninstall
+    /// edits exactly those and never runs `grubby --remove-args`, which also strips
+    /// arguments that were there before.
+    #[serde(default)]
+    pub exact: bool,
     /// The hook link install made.
     pub hook: Option<String>,
     /// Whether install diverted qemu-kvm (it was not diverted before).
@@ -72,6 +73,18 @@ pub struct FileRecord {
     /// The backup of the file as it was, under STATE_DIR/backup; `None`: it did not exist.
     pub backup: Option<String>,
     pub mode: Option<u32>,
+    /// A copy of the file as install left it, under STATE_DIR/installed: a file that
+    /// still holds exactly that comes back byte for byte; one edited since keeps the
+    /// edits and loses only what install added.
+    #[serde(default)]
+    pub installed: Option<String>,
+    /// For a kernel command-line file: the words install (or grubby for it) added to
+    /// the command line, and the ones that went (grubby replaces `iommu=soft` when
+    /// adding `iommu=pt`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub added_words: Vec<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub removed_words: Vec<String>,
 }
 
 fn state_path(root: &Path) -> PathBuf {
@@ -112,8 +125,14 @@ struct FileChange {
 #[derive(Debug)]
 pub struct Plan {
     files: Vec<FileChange>,
-    /// Kernel arguments to add with grubby (empty: none missing).
+    /// Kernel arguments to add with grubby (empty: none missing) to the boot entries,
+    /// grubenv and /etc/kernel/cmdline.
     kernel_args: Vec<String>,
+    /// GRUB_CMDLINE_LINUX with the arguments it lacks: install edits it itself (grubby
+    /// would rewrite the whole line, comments and spacing lost).
+    grub_default: Option<FileChange>,
+    /// Every argument install wants on the command line.
+    all_args: Vec<String>,
     hook: Option<(PathBuf, &'static str)>,
     divert: bool,
     dracut: bool,
@@ -122,7 +141,11 @@ pub struct Plan {
 
 impl Plan {
     pub fn is_empty(&self) -> bool {
-        self.files.is_empty() && self.kernel_args.is_empty() && self.hook.is_none() && !self.divert
+        self.files.is_empty()
+            && self.kernel_args.is_empty()
+            && self.grub_default.is_none()
+            && self.hook.is_none()
+            && !self.divert
     }
 }
 
@@ -138,7 +161,7 @@ pub struct Host<'a> {
 /// What the operator has to do after an install that changed the plan's things.
 pub fn next_steps(plan: &Plan) -> String {
     let mut steps = Vec::new();
-    if !plan.kernel_args.is_empty() || plan.dracut {
+    if !plan.kernel_args.is_empty() || plan.grub_default.is_some() || plan.dracut {
         steps.push("reboot, for the kernel arguments and the early vfio-pci binding");
     }
     if plan.hook.is_some() {
@@ -241,10 +264,11 @@ pub fn choose_gpus<'a>(
 pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Result<Plan> {
     let mut notes = Vec::new();
     let gpus = choose_gpus(inventory, wanted, &mut notes)?;
+    // A damaged record stops install before anything changes.
+    let state = read_state(host.root)?;
     for note in &notes {
         eprintln!("gpu-passthrough: warning: {note}");
     }
-    let state = read_state(host.root)?;
     let mut ids: BTreeSet<String> = BTreeSet::new();
     for gpu in gpus {
         for (_, e) in &gpu.functions {
@@ -294,35 +318,66 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
     )?;
     let dracut = !files.is_empty();
 
-    // GRUB_CMDLINE_LINUX, for kernels installed later.
-    let grub = under(host.root, GRUB_DEFAULT);
-    // An argument the running kernel has and GRUB_CMDLINE_LINUX has was there before
-    // us: grubby need not add it, and uninstall must not remove it.
-    let running = host_model::procfs::kernel_cmdline(host.proc_root).unwrap_or_default();
-    let mut grub_added = Vec::new();
-    match fs::read_to_string(&grub) {
-        Ok(text) => {
-            let (new, added) = add_kernel_args(&text, &args);
-            if !added.is_empty() {
-                let mode = mode_of(&grub).unwrap_or(0o644);
-                want(&mut files, GRUB_DEFAULT, new, mode)?;
+    // The kernel arguments each command-line file lacks. grubby adds them to the boot
+    // entries, grubenv and /etc/kernel/cmdline; install itself to GRUB_CMDLINE_LINUX
+    // (for kernels installed later), word by word.
+    let all_args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    let mut missing: BTreeSet<&str> = BTreeSet::new();
+    let mut grub_default = None;
+    let mut boot_entries_seen = false;
+    for path in cmdline::files(host.root) {
+        let kind = Kind::of(&path).expect("cmdline::files lists command-line files");
+        let full = under(host.root, &path);
+        let text = match fs::read_to_string(&full) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
+        };
+        if kind == Kind::GrubDefault {
+            if let Some(new) = cmdline::edit(kind, &text, &all_args, &[]) {
+                grub_default = Some(FileChange {
+                    path: GRUB_DEFAULT,
+                    old: Some(text.into_bytes()),
+                    new: new.into_bytes(),
+                    mode: mode_of(&full).unwrap_or(0o644),
+                });
             }
-            grub_added = added;
+            continue;
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => notes.push(format!(
-            "{} does not exist: only grubby sets the kernel arguments",
-            grub.display()
-        )),
-        Err(e) => return Err(e).with_context(|| format!("cannot read {}", grub.display())),
+        if !cmdline::has_cmdline(kind, &text) {
+            continue;
+        }
+        boot_entries_seen |= kind != Kind::KernelCmdline;
+        let words = cmdline::words(kind, &text);
+        missing.extend(
+            all_args
+                .iter()
+                .map(String::as_str)
+                .filter(|a| !words.iter().any(|w| w == a)),
+        );
     }
-    let kernel_args: Vec<String> = args
+    if !under(host.root, GRUB_DEFAULT).exists() {
+        notes.push(format!(
+            "{} does not exist: only grubby sets the kernel arguments",
+            under(host.root, GRUB_DEFAULT).display()
+        ));
+    }
+    if !boot_entries_seen {
+        // No boot entries to read (another boot loader, a bare root): what the running
+        // kernel booted with, and what an earlier install gave grubby, say what is missing.
+        let running = host_model::procfs::kernel_cmdline(host.proc_root).unwrap_or_default();
+        missing.extend(all_args.iter().map(String::as_str).filter(|a| {
+            !running.iter().any(|w| w == a) && !state.kernel_args.iter().any(|k| k == a)
+        }));
+    }
+    let kernel_args: Vec<String> = all_args
         .iter()
-        .map(|a| a.to_string())
-        .filter(|a| !state.kernel_args.contains(a))
-        .filter(|a| grub_added.contains(a) || !running.contains(a))
+        .filter(|a| missing.contains(a.as_str()))
+        .cloned()
         .collect();
 
-    // Outside the RPM the config is not labelled yet: a file-context module does it.
+    // The config, if the package's is gone. Its label comes from the package's SELinux
+    // module (the RPM's to load and remove, not install's): restorecon applies it.
     if fs::symlink_metadata(under(host.root, CONFIG)).is_err() {
         want(
             &mut files,
@@ -331,7 +386,6 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
             0o644,
         )?;
     }
-    want(&mut files, SELINUX_MODULE, SELINUX_CIL.to_owned(), 0o644)?;
 
     if !under(host.root, HOOK_SOURCE).is_file() {
         bail!(
@@ -363,6 +417,8 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
     Ok(Plan {
         files,
         kernel_args,
+        grub_default,
+        all_args,
         hook,
         divert,
         dracut,
@@ -406,101 +462,10 @@ fn mode_of(path: &Path) -> Option<u32> {
         .map(|m| m.permissions().mode() & 0o7777)
 }
 
-/// Add `args` to GRUB_CMDLINE_LINUX (whole words, only the missing ones), with a marker
-/// line above naming what was added. Returns the new text and the added words.
-pub fn add_kernel_args(text: &str, args: &[&str]) -> (String, Vec<String>) {
-    let mut out = Vec::new();
-    let mut added = Vec::new();
-    let mut found = false;
-    for line in text.lines() {
-        if line.starts_with(MARK) {
-            continue; // rewritten below with the full list
-        }
-        if let Some(value) = line.strip_prefix("GRUB_CMDLINE_LINUX=").filter(|_| !found) {
-            found = true;
-            let (quote, inner) = unquote(value);
-            let mut words: Vec<String> = inner.split_whitespace().map(str::to_owned).collect();
-            for a in args {
-                if !words.iter().any(|w| w == a) {
-                    words.push(a.to_string());
-                    added.push(a.to_string());
-                }
-            }
-            let ours: Vec<&str> = words
-                .iter()
-                .map(String::as_str)
-                .filter(|w| args.contains(w))
-                .collect();
-            out.push(format!(
-                "{MARK} manages {} in the next line",
-                ours.join(" ")
-            ));
-            out.push(format!(
-                "GRUB_CMDLINE_LINUX={quote}{}{quote}",
-                words.join(" ")
-            ));
-            continue;
-        }
-        out.push(line.to_owned());
-    }
-    if !found {
-        added = args.iter().map(|a| a.to_string()).collect();
-        out.push(format!(
-            "{MARK} manages {} in the next line",
-            args.join(" ")
-        ));
-        out.push(format!("GRUB_CMDLINE_LINUX=\"{}\"", args.join(" ")));
-    }
-    let mut new = out.join("\n");
-    new.push('\n');
-    if added.is_empty() {
-        (text.to_owned(), added)
-    } else {
-        (new, added)
-    }
-}
-
-/// Remove `args` and our marker line from GRUB_CMDLINE_LINUX.
-pub fn remove_kernel_args(text: &str, args: &[String]) -> String {
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.starts_with(MARK) {
-            continue;
-        }
-        if let Some(value) = line.strip_prefix("GRUB_CMDLINE_LINUX=") {
-            let (quote, inner) = unquote(value);
-            let words: Vec<&str> = inner
-                .split_whitespace()
-                .filter(|w| !args.iter().any(|a| a == w))
-                .collect();
-            out.push(format!(
-                "GRUB_CMDLINE_LINUX={quote}{}{quote}",
-                words.join(" ")
-            ));
-            continue;
-        }
-        out.push(line.to_owned());
-    }
-    let mut new = out.join("\n");
-    new.push('\n');
-    new
-}
-
-fn unquote(value: &str) -> (&'static str, &str) {
-    let v = value.trim();
-    if let Some(inner) = v.strip_prefix('"').and_then(|v| v.strip_suffix('"')) {
-        ("\"", inner)
-    } else if let Some(inner) = v.strip_prefix('\'').and_then(|v| v.strip_suffix('\'')) {
-        ("'", inner)
-    } else {
-        ("\"", v)
-    }
-}
-
 /// The plan as an operator reads it: diffs and command lines.
 pub fn render(plan: &Plan) -> String {
     let mut out = String::new();
-    for f in &plan.files {
+    for f in plan.files.iter().chain(&plan.grub_default) {
         let old = f
             .old
             .as_deref()
@@ -529,6 +494,10 @@ pub fn render(plan: &Plan) -> String {
             crate::divert::ORIG
         ));
     }
+    if let Some(args) = grubby_args(plan) {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        out.push_str(&format!("run: {}\n", command_line("grubby", &args)));
+    }
     for (program, args) in commands(plan) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         out.push_str(&format!("run: {}\n", command_line(program, &args)));
@@ -539,19 +508,24 @@ pub fn render(plan: &Plan) -> String {
     out
 }
 
+/// grubby's arguments, when some boot entry lacks a kernel argument. It leaves
+/// /etc/default/grub alone: install edits GRUB_CMDLINE_LINUX itself, word by word
+/// (grubby would rewrite the whole line). `--no-etc-grub-update` comes last: EL's
+/// grubby-bls shifts twice for it and so would swallow an option after it.
+fn grubby_args(plan: &Plan) -> Option<Vec<String>> {
+    (!plan.kernel_args.is_empty()).then(|| {
+        vec![
+            "--update-kernel=ALL".into(),
+            format!("--args={}", plan.kernel_args.join(" ")),
+            "--no-etc-grub-update".into(),
+        ]
+    })
+}
+
+/// The commands after the files: restorecon of a config install wrote, dracut.
 fn commands(plan: &Plan) -> Vec<(&'static str, Vec<String>)> {
     let mut c = Vec::new();
-    if !plan.kernel_args.is_empty() {
-        c.push((
-            "grubby",
-            vec![
-                "--update-kernel=ALL".into(),
-                format!("--args={}", plan.kernel_args.join(" ")),
-            ],
-        ));
-    }
-    if plan.files.iter().any(|f| f.path == SELINUX_MODULE) {
-        c.push(("semodule", vec!["-i".into(), SELINUX_MODULE.into()]));
+    if plan.files.iter().any(|f| f.path == CONFIG) {
         c.push((
             "restorecon",
             vec!["-R".into(), "/etc/gpu-passthrough".into()],
@@ -568,6 +542,7 @@ pub fn apply(plan: &Plan, host: &Host<'_>) -> Result<Vec<String>> {
     let had_state_file = state_path(host.root).exists();
     let original = read_state(host.root)?;
     let mut state = original.clone();
+    state.exact = original.exact || original.files.is_empty();
     for dir in &host.lock_dirs_created {
         if !state.created_dirs.contains(dir) {
             state.created_dirs.push(dir.clone());
@@ -584,12 +559,31 @@ pub fn apply(plan: &Plan, host: &Host<'_>) -> Result<Vec<String>> {
         let undo = InstallState {
             files: state.files[original.files.len()..].to_vec(),
             kernel_args: added(&state.kernel_args, &original.kernel_args),
+            exact: state.exact,
             hook: state.hook.clone().filter(|_| original.hook.is_none()),
             diverted: state.diverted && !original.diverted,
             created_dirs: added(&state.created_dirs, &original.created_dirs),
         };
-        if let Err(undo_err) = undo_state(&undo, host, true) {
-            eprintln!("gpu-passthrough: undoing failed too: {undo_err:#}");
+        let report = undo_state(&undo, host, true);
+        if !report.failed.is_empty() {
+            // Keep what is needed to finish the undo by hand: the record of this run
+            // too, and every backup.
+            let mut kept = original.clone();
+            kept.files.extend(report.remaining.files);
+            kept.kernel_args.extend(report.remaining.kernel_args);
+            kept.hook = kept.hook.or(report.remaining.hook);
+            kept.diverted |= report.remaining.diverted;
+            kept.created_dirs = state.created_dirs.clone();
+            write_state(host.root, &kept)?;
+            for f in &report.failed {
+                eprintln!("gpu-passthrough: undo step failed: {f}");
+            }
+            bail!(
+                "install failed, and undoing it failed in {} step(s) (above); what is left to \
+                 undo is recorded in {}: fix the cause, then run `gpu-passthrough uninstall`",
+                report.failed.len(),
+                state_path(host.root).display()
+            );
         }
         // The record as it was before this run.
         if had_state_file {
@@ -615,39 +609,107 @@ pub fn remove_lock_dirs(host: &Host<'_>) {
     }
 }
 
+/// Where the copy of `path` lives under STATE_DIR/`kind` (`backup`, `installed`).
+fn state_copy(root: &Path, kind: &str, path: &str) -> PathBuf {
+    under(root, &format!("{STATE_DIR}/{kind}")).join(path.trim_start_matches('/'))
+}
+
+/// Record `path` (a host path) before install changes it: a backup of what is there,
+/// unless an earlier install recorded it already (the first backup is the host as it
+/// was before any install).
+fn record_before(host: &Host<'_>, state: &mut InstallState, path: &str) -> Result<()> {
+    if state.files.iter().any(|r| r.path == path) {
+        return Ok(());
+    }
+    let full = under(host.root, path);
+    let backup = match fs::read(&full) {
+        Ok(old) => {
+            let b = state_copy(host.root, "backup", path);
+            create_dirs(host.root, b.parent().expect("backup has a parent"), state)?;
+            write_atomic(&b, &old, 0o600)?;
+            Some(b.to_string_lossy().into_owned())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
+    };
+    state.files.push(FileRecord {
+        path: path.to_owned(),
+        backup,
+        mode: mode_of(&full),
+        installed: None,
+        added_words: Vec::new(),
+        removed_words: Vec::new(),
+    });
+    write_state(host.root, state)
+}
+
+/// Record what install left at `path`: a copy, and for a command-line file the words
+/// it added and took away. A file install left as it was is forgotten again.
+fn record_after(host: &Host<'_>, state: &mut InstallState, path: &str) -> Result<()> {
+    let Some(index) = state.files.iter().position(|r| r.path == path) else {
+        return Ok(());
+    };
+    let full = under(host.root, path);
+    let now = match fs::read(&full) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
+    };
+    let record = &state.files[index];
+    let before = record
+        .backup
+        .as_ref()
+        .map(fs::read)
+        .transpose()
+        .with_context(|| format!("cannot read the backup of {path}"))?;
+    if record.installed.is_none() && now == before {
+        // Untouched (grubby had nothing to change here): nothing to undo.
+        if let Some(b) = &record.backup {
+            let _ = fs::remove_file(b);
+        }
+        state.files.remove(index);
+        return write_state(host.root, state);
+    }
+    let installed = match &now {
+        Some(content) => {
+            let copy = state_copy(host.root, "installed", path);
+            create_dirs(host.root, copy.parent().expect("copy has a parent"), state)?;
+            write_atomic(&copy, content, 0o600)?;
+            Some(copy.to_string_lossy().into_owned())
+        }
+        None => None,
+    };
+    let record = &mut state.files[index];
+    record.installed = installed;
+    if let Some(kind) = Kind::of(path) {
+        let text = |b: &Option<Vec<u8>>| {
+            b.as_deref()
+                .map(|b| cmdline::words(kind, &String::from_utf8_lossy(b)))
+                .unwrap_or_default()
+        };
+        let (old, new) = (text(&before), text(&now));
+        record.added_words = new.iter().filter(|w| !old.contains(w)).cloned().collect();
+        record.removed_words = old.iter().filter(|w| !new.contains(w)).cloned().collect();
+    }
+    write_state(host.root, state)
+}
+
 fn apply_steps(
     plan: &Plan,
     host: &Host<'_>,
     state: &mut InstallState,
     done: &mut Vec<String>,
 ) -> Result<()> {
-    let backups = under(host.root, &format!("{STATE_DIR}/backup"));
     for f in &plan.files {
         let full = under(host.root, f.path);
-        // Keep the first backup: it is the host as it was before any install.
-        if !state.files.iter().any(|r| r.path == f.path) {
-            let backup = match &f.old {
-                Some(old) => {
-                    let b = backups.join(f.path.trim_start_matches('/'));
-                    create_dirs(host.root, b.parent().expect("backup has a parent"), state)?;
-                    write_atomic(&b, old, 0o600)?;
-                    Some(b.to_string_lossy().into_owned())
-                }
-                None => None,
-            };
-            state.files.push(FileRecord {
-                path: f.path.to_owned(),
-                backup,
-                mode: mode_of(&full),
-            });
-            write_state(host.root, state)?;
-        }
+        record_before(host, state, f.path)?;
         create_dirs(
             host.root,
             full.parent().expect("a file has a parent"),
             state,
         )?;
         write_atomic(&full, &f.new, f.mode)?;
+        record_after(host, state, f.path)?;
         done.push(format!("wrote {}", f.path));
     }
     if let Some((full, path)) = &plan.hook {
@@ -670,17 +732,39 @@ fn apply_steps(
         write_state(host.root, state)?;
         done.push(format!("divert: {}", outcome.steps.join("; ")));
     }
+    if plan.grub_default.is_some() || !plan.kernel_args.is_empty() {
+        // Every file grubby may touch is recorded before it runs.
+        let boot_files = cmdline::files(host.root);
+        for path in &boot_files {
+            record_before(host, state, path)?;
+        }
+        if let Some(args) = grubby_args(plan) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            done.push(match host.runner.run("grubby", &args)? {
+                Ran::Done(_) => format!("grubby: ran {}", command_line("grubby", &args)),
+                Ran::Skipped(why) => format!("grubby: {why}"),
+            });
+        }
+        let grub = under(host.root, GRUB_DEFAULT);
+        if let Ok(text) = fs::read_to_string(&grub) {
+            if let Some(new) = cmdline::edit(Kind::GrubDefault, &text, &plan.all_args, &[]) {
+                write_atomic(&grub, new.as_bytes(), mode_of(&grub).unwrap_or(0o644))?;
+                done.push(format!("wrote {GRUB_DEFAULT} (GRUB_CMDLINE_LINUX)"));
+            }
+        }
+        for path in &boot_files {
+            record_after(host, state, path)?;
+        }
+        for a in &plan.kernel_args {
+            if !state.kernel_args.contains(a) {
+                state.kernel_args.push(a.clone());
+            }
+        }
+        write_state(host.root, state)?;
+    }
     for (program, args) in commands(plan) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let ran = host.runner.run(program, &args)?;
-        if program == "grubby" {
-            for a in &plan.kernel_args {
-                if !state.kernel_args.contains(a) {
-                    state.kernel_args.push(a.clone());
-                }
-            }
-            write_state(host.root, state)?;
-        }
         done.push(match ran {
             Ran::Done(_) => format!("{program}: ran {}", command_line(program, &args)),
             Ran::Skipped(why) => format!("{program}: {why}"),
@@ -689,84 +773,249 @@ fn apply_steps(
     Ok(())
 }
 
+/// What an undo did, what failed, and what is left to undo.
+struct UndoReport {
+    done: Vec<String>,
+    failed: Vec<String>,
+    remaining: InstallState,
+}
+
+/// Undo one file: back byte for byte when nobody changed it since install; else take
+/// out only what install added and keep the rest.
+fn undo_file(root: &Path, record: &FileRecord, legacy_args: &[String]) -> Result<String> {
+    let full = under(root, &record.path);
+    let current = match fs::read(&full) {
+        Ok(b) => Some(b),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", full.display())),
+    };
+    let installed = record
+        .installed
+        .as_deref()
+        .map(|p| fs::read(p).with_context(|| format!("cannot read {p}")))
+        .transpose()?;
+    let original = record
+        .backup
+        .as_deref()
+        .map(|p| fs::read(p).with_context(|| format!("cannot read the backup {p}")))
+        .transpose()?;
+    let as_was = match &original {
+        Some(_) => format!("restored {} as it was before install", record.path),
+        None => format!("removed {}", record.path),
+    };
+    let unchanged = match (&installed, &record.installed) {
+        (Some(i), _) => current.as_ref() == Some(i),
+        // Installed copy absent: install left no file (or an older version wrote the record).
+        (None, Some(_)) => false,
+        (None, None) => current.is_none() || record.backup.is_none() || legacy_args.is_empty(),
+    };
+    let (target, note) = if unchanged || current.is_none() {
+        (original, as_was)
+    } else {
+        let current_text =
+            String::from_utf8_lossy(current.as_deref().unwrap_or_default()).into_owned();
+        let kept = match Kind::of(&record.path) {
+            Some(kind) => {
+                let (add, remove) = if record.installed.is_some() {
+                    (record.removed_words.clone(), record.added_words.clone())
+                } else {
+                    (Vec::new(), legacy_args.to_vec())
+                };
+                cmdline::edit(kind, &current_text, &add, &remove).unwrap_or(current_text)
+            }
+            None => {
+                // Lines install added (in its copy, not in the original) go; the rest stays.
+                let original_text =
+                    String::from_utf8_lossy(original.as_deref().unwrap_or_default()).into_owned();
+                let installed_text =
+                    String::from_utf8_lossy(installed.as_deref().unwrap_or_default()).into_owned();
+                let mut ours: Vec<&str> = installed_text
+                    .lines()
+                    .filter(|l| !original_text.lines().any(|o| o == *l))
+                    .collect();
+                let mut out = String::new();
+                for line in current_text.split_inclusive('\n') {
+                    let body = line.trim_end_matches('\n');
+                    if let Some(i) = ours.iter().position(|o| *o == body) {
+                        ours.remove(i);
+                        continue;
+                    }
+                    out.push_str(line);
+                }
+                out
+            }
+        };
+        if original.is_none() && kept.trim().is_empty() {
+            (
+                None,
+                format!("removed {} (only what install wrote was left)", record.path),
+            )
+        } else {
+            (
+                Some(kept.into_bytes()),
+                format!(
+                    "{} was changed since install: took out only what install added, kept the rest",
+                    record.path
+                ),
+            )
+        }
+    };
+    match target {
+        Some(content) => {
+            let mode = if unchanged {
+                record.mode.unwrap_or(0o644)
+            } else {
+                mode_of(&full).or(record.mode).unwrap_or(0o644)
+            };
+            if current.as_deref() != Some(content.as_slice()) || mode_of(&full) != Some(mode) {
+                write_atomic(&full, &content, mode)?;
+            }
+        }
+        None => {
+            if current.is_some() {
+                fs::remove_file(&full)
+                    .with_context(|| format!("cannot remove {}", full.display()))?;
+            }
+        }
+    }
+    Ok(note)
+}
+
 /// Undo what `state` records: files back (exactly, when nobody changed them since),
-/// kernel arguments removed, hook link removed, diversion undone.
-fn undo_state(state: &InstallState, host: &Host<'_>, quiet: bool) -> Result<Vec<String>> {
+/// kernel arguments out, hook link removed, diversion undone. Every step is tried; a
+/// failed one stays in `remaining`, with its backups.
+fn undo_state(state: &InstallState, host: &Host<'_>, quiet: bool) -> UndoReport {
     let mut done = Vec::new();
+    let mut failed = Vec::new();
+    let mut remaining = InstallState {
+        exact: state.exact,
+        ..InstallState::default()
+    };
     if state.diverted {
-        let outcome = Diversion::under(host.root).undivert(host.runner)?;
-        done.push(format!("undivert: {}", outcome.steps.join("; ")));
+        match Diversion::under(host.root).undivert(host.runner) {
+            Ok(outcome) => done.push(format!("undivert: {}", outcome.steps.join("; "))),
+            Err(e) => {
+                failed.push(format!("undivert: {e:#}"));
+                remaining.diverted = true;
+            }
+        }
     }
     if let Some(path) = &state.hook {
         let full = under(host.root, path);
         if fs::read_link(&full).is_ok_and(|t| t == Path::new(HOOK_SOURCE)) {
-            fs::remove_file(&full).with_context(|| format!("cannot remove {}", full.display()))?;
-            done.push(format!("removed {path}"));
-        }
-    }
-    if !state.kernel_args.is_empty() {
-        let args: Vec<&str> = vec!["--update-kernel=ALL"];
-        let remove = format!("--remove-args={}", state.kernel_args.join(" "));
-        let mut all = args.clone();
-        all.push(&remove);
-        match host.runner.run("grubby", &all)? {
-            Ran::Done(_) => done.push(format!("ran {}", command_line("grubby", &all))),
-            Ran::Skipped(why) => done.push(format!("grubby: {why}")),
-        }
-    }
-    for record in state.files.iter().rev() {
-        let full = under(host.root, &record.path);
-        match &record.backup {
-            Some(backup) => {
-                let old =
-                    fs::read(backup).with_context(|| format!("cannot read the backup {backup}"))?;
-                let current = fs::read_to_string(&full).unwrap_or_default();
-                let restore = if record.path == GRUB_DEFAULT && !quiet {
-                    // Keep what the operator changed since; take out only our words.
-                    let ours = remove_kernel_args(&current, &state.kernel_args);
-                    if ours.as_bytes() == old.as_slice() {
-                        old.clone()
-                    } else {
-                        ours.into_bytes()
-                    }
-                } else {
-                    old
-                };
-                write_atomic(&full, &restore, record.mode.unwrap_or(0o644))?;
-                let _ = fs::remove_file(backup);
-                done.push(format!("restored {}", record.path));
-            }
-            None => {
-                if full.exists() {
-                    fs::remove_file(&full)
-                        .with_context(|| format!("cannot remove {}", full.display()))?;
-                    done.push(format!("removed {}", record.path));
+            match fs::remove_file(&full) {
+                Ok(()) => done.push(format!("removed {path}")),
+                Err(e) => {
+                    failed.push(format!("remove {}: {e}", full.display()));
+                    remaining.hook = Some(path.clone());
                 }
             }
         }
     }
-    // Backups and state are gone once restored; then the directories install made.
-    if !quiet {
-        let _ = fs::remove_file(state_path(host.root));
-        let _ = fs::remove_file(under(host.root, &format!("{STATE_DIR}/lock")));
-    }
-    for dir in state.created_dirs.iter().rev() {
-        // Only if empty: whatever someone else put there stays.
-        if fs::remove_dir(under(host.root, dir)).is_ok() {
-            done.push(format!("removed {dir}/"));
+    // An older version's record: the boot entries were not recorded one by one, so
+    // grubby takes the arguments out (it also strips ones that were there before).
+    let legacy_args: Vec<String> = if state.exact {
+        Vec::new()
+    } else {
+        state.kernel_args.clone()
+    };
+    if !legacy_args.is_empty() {
+        let remove = format!("--remove-args={}", legacy_args.join(" "));
+        let all = ["--update-kernel=ALL", remove.as_str()];
+        match host.runner.run("grubby", &all) {
+            Ok(Ran::Done(_)) => done.push(format!("ran {}", command_line("grubby", &all))),
+            Ok(Ran::Skipped(why)) => done.push(format!("grubby: {why}")),
+            Err(e) => {
+                failed.push(format!("{e:#}"));
+                remaining.kernel_args = legacy_args.clone();
+            }
         }
     }
-    if state
-        .files
-        .iter()
-        .any(|r| r.path == DRACUT || r.path == MODPROBE)
+    for record in state.files.iter().rev() {
+        match undo_file(host.root, record, &legacy_args) {
+            Ok(note) => {
+                done.push(note);
+                for copy in record.backup.iter().chain(&record.installed) {
+                    let _ = fs::remove_file(copy);
+                }
+            }
+            Err(e) => {
+                failed.push(format!("{}: {e:#}", record.path));
+                remaining.files.insert(0, record.clone());
+            }
+        }
+    }
+    // New kernels installed since took the arguments from /etc/kernel/cmdline or
+    // kernelopts: their entries lose the ones install added there.
+    if state.exact && !state.kernel_args.is_empty() {
+        let recorded: BTreeSet<&str> = state.files.iter().map(|r| r.path.as_str()).collect();
+        for path in cmdline::files(host.root) {
+            if Kind::of(&path) != Some(Kind::BlsEntry) || recorded.contains(path.as_str()) {
+                continue;
+            }
+            let full = under(host.root, &path);
+            let Ok(text) = fs::read_to_string(&full) else {
+                continue;
+            };
+            if let Some(new) = cmdline::edit(Kind::BlsEntry, &text, &[], &state.kernel_args) {
+                match write_atomic(&full, new.as_bytes(), mode_of(&full).unwrap_or(0o644)) {
+                    Ok(()) => done.push(format!(
+                        "{path} (a boot entry added since install): took out {}",
+                        state.kernel_args.join(" ")
+                    )),
+                    Err(e) => failed.push(format!("{path}: {e}")),
+                }
+            }
+        }
+    }
+    if failed.is_empty() {
+        if !quiet {
+            let _ = fs::remove_file(state_path(host.root));
+            let _ = fs::remove_file(under(host.root, &format!("{STATE_DIR}/lock")));
+        }
+        for kind in ["installed", "backup"] {
+            remove_empty_dirs(&under(host.root, &format!("{STATE_DIR}/{kind}")));
+        }
+        for dir in state.created_dirs.iter().rev() {
+            // Only if empty: whatever someone else put there stays.
+            if fs::remove_dir(under(host.root, dir)).is_ok() {
+                done.push(format!("removed {dir}/"));
+            }
+        }
+    } else {
+        remaining.created_dirs = state.created_dirs.clone();
+    }
+    // After a failed install (quiet) dracut never ran to its end: dracut is its last
+    // step, so the initramfs is the one from before.
+    if !quiet
+        && state
+            .files
+            .iter()
+            .any(|r| r.path == DRACUT || r.path == MODPROBE)
     {
-        match host.runner.run("dracut", &["-f"])? {
-            Ran::Done(_) => done.push("ran dracut -f".into()),
-            Ran::Skipped(why) => done.push(format!("dracut: {why}")),
+        match host.runner.run("dracut", &["-f"]) {
+            Ok(Ran::Done(_)) => done.push("ran dracut -f".into()),
+            Ok(Ran::Skipped(why)) => done.push(format!("dracut: {why}")),
+            Err(e) => failed.push(format!("{e:#}")),
         }
     }
-    Ok(done)
+    UndoReport {
+        done,
+        failed,
+        remaining,
+    }
+}
+
+/// Remove `dir` and the empty directories below it, leaving any that hold files.
+fn remove_empty_dirs(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                remove_empty_dirs(&e.path());
+            }
+        }
+    }
+    let _ = fs::remove_dir(dir);
 }
 
 /// What uninstall would do, or did.
@@ -789,7 +1038,7 @@ pub fn uninstall(host: &Host<'_>) -> Result<Vec<String>> {
         if let Some(h) = &state.hook {
             plan.push(format!("remove {h}"));
         }
-        if !state.kernel_args.is_empty() {
+        if !state.exact && !state.kernel_args.is_empty() {
             plan.push(format!(
                 "run: grubby --update-kernel=ALL '--remove-args={}'",
                 state.kernel_args.join(" ")
@@ -803,33 +1052,21 @@ pub fn uninstall(host: &Host<'_>) -> Result<Vec<String>> {
         }
         return Ok(plan);
     }
-    undo_state(&state, host, false)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn kernel_args_are_whole_words_and_marked() {
-        let text = "GRUB_TIMEOUT=5\nGRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet iommu=pt\"\nGRUB_DISABLE_RECOVERY=\"true\"\n";
-        let (new, added) = add_kernel_args(text, &["intel_iommu=on", "iommu=pt"]);
-        assert_eq!(added, vec!["intel_iommu=on"]);
-        assert!(new.contains("# gpu-passthrough: manages iommu=pt intel_iommu=on in the next line\nGRUB_CMDLINE_LINUX=\"crashkernel=auto rhgb quiet iommu=pt intel_iommu=on\"\n"), "{new}");
-        let (again, added) = add_kernel_args(&new, &["intel_iommu=on", "iommu=pt"]);
-        assert!(added.is_empty());
-        assert_eq!(again, new, "a second run changes nothing");
-        assert_eq!(
-            remove_kernel_args(&new, &["intel_iommu=on".into()]),
-            text,
-            "removing what was added gives the file back"
-        );
+    let report = undo_state(&state, host, false);
+    if report.failed.is_empty() {
+        return Ok(report.done);
     }
-
-    #[test]
-    fn a_missing_cmdline_line_is_added() {
-        let (new, added) = add_kernel_args("GRUB_TIMEOUT=5\n", &["iommu=pt"]);
-        assert_eq!(added, vec!["iommu=pt"]);
-        assert!(new.ends_with("GRUB_CMDLINE_LINUX=\"iommu=pt\"\n"), "{new}");
+    for step in &report.done {
+        println!("{step}");
     }
+    write_state(host.root, &report.remaining)?;
+    for f in &report.failed {
+        eprintln!("gpu-passthrough: undo step failed: {f}");
+    }
+    bail!(
+        "uninstall is incomplete: {} step(s) failed (above). What is left to undo, with its \
+         backups, stays recorded in {}: fix the cause and run `gpu-passthrough uninstall` again",
+        report.failed.len(),
+        state_path(host.root).display()
+    )
 }

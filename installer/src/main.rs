@@ -1,12 +1,14 @@
 //! gpu-passthrough: the operator's CLI for GPU passthrough hypervisors.
 
 mod check;
+mod cmdline;
 mod divert;
 mod files;
 mod install;
 mod inventory;
 mod nova;
 mod runner;
+mod selinux;
 
 use std::fs::File;
 use std::io::Write;
@@ -37,7 +39,7 @@ Exit status: 0 success, 1 a check or an action failed, 2 usage error.";
 #[command(name = "gpu-passthrough", version, after_help = EXAMPLES, max_term_width = 80)]
 struct Cli {
     /// File-system root for everything read or written (a chroot, a test tree).
-    /// Under a root other than /, grubby, dracut, semodule and restorecon are not
+    /// Under a root other than /, grubby, dracut and restorecon are not
     /// run (they act on the running system, not on DIR; set
     /// GPU_PASSTHROUGH_RUN_UNDER_ROOT=1 to run them anyway); `libvirtd --version`
     /// is still asked, to pick the hook's place.
@@ -73,7 +75,8 @@ enum Cmd {
     /// /etc/default/grub for future kernels): intel_iommu=on on Intel, iommu=pt,
     /// rd.driver.pre=vfio-pci. modprobe.d: vfio-pci ids, softdeps so vfio-pci wins,
     /// nouveau blacklisted. modules-load.d, dracut.conf.d, then dracut -f. The
-    /// config file if absent, and its SELinux label (semodule). Every changed file
+    /// config file if absent (restorecon labels it; the SELinux module is the
+    /// package's). Every changed file
     /// is backed up under /var/lib/gpu-passthrough for `uninstall`. A second run
     /// changes nothing. A failing step undoes the steps before it.
     Install {
