@@ -185,7 +185,7 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
     let work = tempfile::tempdir().expect("tempdir");
     // A base that gives the scratch root its /bin/sh (a static busybox) and applets.
     let applets = [
-        "sh", "mkdir", "ln", "rm", "readlink", "echo", "[", "test", "cat", "true",
+        "sh", "mkdir", "ln", "rm", "readlink", "echo", "[", "test", "cat", "true", "sed",
     ];
     let links: Vec<(String, &str)> = applets
         .iter()
@@ -241,6 +241,16 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
     let read = |p: &Path| std::fs::read(p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
     let wrapper = || read(&root.join("usr/libexec/gpu-passthrough/qemu-kvm-wrapper"));
 
+    // A policy store (SELinux need not be enabled), and stand-ins for semodule and
+    // restorecon that write down how they were called.
+    std::fs::create_dir_all(root.join("var/lib/selinux/targeted")).expect("store");
+    for tool in ["semodule", "restorecon"] {
+        integration_tests::write_script(
+            &root.join(format!("usr/sbin/{tool}")),
+            &format!("#!/bin/sh\necho \"{tool} $*\" >> /selinux.log\n"),
+        );
+    }
+
     // Install: diverted, hook linked.
     let out = run(rpm(&["-i"]).arg(&ours));
     assert!(text(&out).contains("restart libvirtd"), "{}", text(&out));
@@ -258,6 +268,25 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
         std::fs::read_link(&hook).expect("hook link"),
         Path::new("/usr/libexec/gpu-passthrough/gpu-passthrough-hook")
     );
+
+    let owner = text(&run(&mut rpm(&[
+        "-qf",
+        "/etc/libvirt/hooks/qemu.d/gpu-passthrough",
+    ])));
+    assert!(
+        owner.starts_with("gpu-passthrough-0.1.0-1"),
+        "rpm -qf names the package: {owner}"
+    );
+    assert_eq!(
+        std::fs::read_to_string(root.join("selinux.log")).expect("log"),
+        "restorecon -F /usr/libexec/qemu-kvm /usr/libexec/qemu-kvm.orig\n\
+         semodule -s targeted -X 200 -i /usr/share/gpu-passthrough/gpu-passthrough.cil\n\
+         restorecon -R /etc/gpu-passthrough /var/lib/gpu-passthrough /etc/libvirt/hooks/qemu.d\n\
+         restorecon -F /usr/libexec/qemu-kvm /usr/libexec/qemu-kvm.orig\n",
+        "%post: divert, the module at priority 200, then every path it labels and the \
+         scriptlets made; then the qemu-kvm-core trigger's divert repairs the labels again"
+    );
+    std::fs::remove_file(root.join("selinux.log")).expect("rm log");
 
     // qemu-kvm-core update: its new binary lands on the wrapper; the trigger re-diverts.
     run(rpm(&["-U"]).arg(&qemu_rpms[1]));
@@ -279,8 +308,34 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
         "rpm -V reports the diverted file: {verify}"
     );
 
-    // Erase: the real qemu back, no .orig, no hook link; qemu-kvm-core verifies clean.
-    run(&mut rpm(&["-e", "gpu-passthrough"]));
+    // Erase while `install` has changed the host: rpm -e says what stays and how to
+    // undo it, and keeps the records that undo needs.
+    let state = root.join("var/lib/gpu-passthrough/state.json");
+    write_file(
+        &state,
+        r#"{"files":[{"path":"/etc/modprobe.d/gpu-passthrough.conf","backup":null,"mode":420}],"kernel_args":["intel_iommu=on"],"hook":null,"diverted":false,"exact":true}"#,
+    );
+    std::fs::remove_file(root.join("selinux.log")).ok();
+    let out = run(&mut rpm(&["-e", "gpu-passthrough"]));
+    let said = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "gpu-passthrough: 'gpu-passthrough install' changed this host, and erasing the package leaves those changes (kernel arguments, the vfio-pci binding, the files below) in place:\n",
+        "remove /etc/modprobe.d/gpu-passthrough.conf\n",
+        "reinstall the package and run 'gpu-passthrough uninstall'",
+    ] {
+        assert!(said.contains(needle), "missing {needle:?} in rpm -e's output:\n{said}");
+    }
+    assert!(state.exists(), "the records stay for a later uninstall");
+    std::fs::remove_file(&state).expect("rm state");
+    assert_eq!(
+        std::fs::read_to_string(root.join("selinux.log")).expect("log"),
+        "restorecon -F /usr/libexec/qemu-kvm\n\
+         semodule -s targeted -X 200 -r gpu-passthrough\n\
+         restorecon -R /etc/gpu-passthrough /var/lib/gpu-passthrough\n",
+        "the module removed on erase, restorecon after"
+    );
+
+    // Erased: the real qemu back, no .orig, no hook link; qemu-kvm-core verifies clean.
     assert_eq!(
         read(&qemu),
         qemu_bytes[1],
