@@ -20,6 +20,7 @@ SBINDIR      ?= $(PREFIX)/sbin
 DATADIR      ?= $(PREFIX)/share
 MANDIR       ?= $(DATADIR)/man
 STATEDIR     ?= /var/lib
+UNITDIR      ?= $(PREFIX)/lib/systemd/system
 BIN_DIR      ?= $(RELEASE_DIR)
 
 .PHONY: all build setup test lint bench demo install rpm clean
@@ -61,6 +62,8 @@ install:
 	install -D -m 0755 $(BIN_DIR)/gpu-passthrough $(DESTDIR)$(SBINDIR)/gpu-passthrough
 	install -D -m 0644 rpm/config.toml $(DESTDIR)$(SYSCONFDIR)/gpu-passthrough/config.toml
 	install -D -m 0644 rpm/gpu-passthrough.cil $(DESTDIR)$(DATADIR)/gpu-passthrough/gpu-passthrough.cil
+	install -D -m 0644 rpm/gpu-passthrough-metrics.service $(DESTDIR)$(UNITDIR)/gpu-passthrough-metrics.service
+	install -D -m 0644 rpm/gpu-passthrough-metrics.timer $(DESTDIR)$(UNITDIR)/gpu-passthrough-metrics.timer
 	install -d -m 0755 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(STATEDIR)/gpu-passthrough
 	$(BIN_DIR)/gpu-passthrough man $(DESTDIR)$(MANDIR)/man8
 

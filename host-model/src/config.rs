@@ -31,6 +31,25 @@ pub fn path_from_env() -> PathBuf {
 pub struct Config {
     pub wrapper: WrapperConfig,
     pub hook: HookConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// `[metrics]`: where `gpu-passthrough metrics` writes for node_exporter.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MetricsConfig {
+    /// node_exporter's textfile collector directory.
+    pub textfile_dir: PathBuf,
+}
+
+/// node_exporter's textfile directory on EL (the prometheus-node-exporter package).
+pub const DEFAULT_TEXTFILE_DIR: &str = "/var/lib/node_exporter/textfile_collector";
+
+impl Default for MetricsConfig {
+    fn default() -> Self {
+        MetricsConfig {
+            textfile_dir: PathBuf::from(DEFAULT_TEXTFILE_DIR),
+        }
+    }
 }
 
 /// `[wrapper]`: what qemu-kvm-wrapper does to each `-cpu`.
@@ -214,7 +233,7 @@ pub fn parse(text: &str) -> Parsed {
                 line,
                 unknown: true,
                 key: Some(name.get_ref().to_string()),
-                message: "unknown top-level key, ignored; this version knows [wrapper] and [hook]"
+                message: "unknown top-level key, ignored; this version knows [wrapper], [hook] and [metrics]"
                     .into(),
             });
             continue;
@@ -227,11 +246,14 @@ pub fn parse(text: &str) -> Parsed {
         match name.get_ref().as_ref() {
             "wrapper" => section.wrapper(table, &mut config.wrapper),
             "hook" => section.hook(table, &mut config.hook),
+            "metrics" => section.metrics(table, &mut config.metrics),
             _ => section.problems.push(Problem {
                 line,
                 unknown: true,
                 key: Some(name.get_ref().to_string()),
-                message: "unknown section, ignored; this version knows [wrapper] and [hook]".into(),
+                message:
+                    "unknown section, ignored; this version knows [wrapper], [hook] and [metrics]"
+                        .into(),
             }),
         }
     }
@@ -293,6 +315,23 @@ impl Section<'_> {
                     })
                 }
                 _ => self.unknown(entry, "mode, reserved_host_memory_mib"),
+            }
+        }
+    }
+
+    fn metrics(&mut self, table: &DeTable<'_>, out: &mut MetricsConfig) {
+        for entry in table.iter() {
+            match entry.0.get_ref().as_ref() {
+                "textfile_dir" => self.apply(entry, &mut out.textfile_dir, |v| {
+                    let path = v
+                        .as_str()
+                        .ok_or("expected a string: node_exporter's textfile directory")?;
+                    if !path.starts_with('/') {
+                        return Err(format!("must be an absolute path, got {path:?}"));
+                    }
+                    Ok(PathBuf::from(path))
+                }),
+                _ => self.unknown(entry, "textfile_dir"),
             }
         }
     }
@@ -486,7 +525,8 @@ mod tests {
             .replace("\n#hide_kvm", "\nhide_kvm")
             .replace("\n#apply_to", "\napply_to")
             .replace("\n#mode", "\nmode")
-            .replace("\n#reserved_host_memory_mib", "\nreserved_host_memory_mib");
+            .replace("\n#reserved_host_memory_mib", "\nreserved_host_memory_mib")
+            .replace("\n#textfile_dir", "\ntextfile_dir");
         let parsed = parse(&uncommented);
         assert_eq!(parsed.problems, vec![]);
         assert_eq!(parsed.config, Config::default());
@@ -495,7 +535,7 @@ mod tests {
                 .lines()
                 .filter(|l| l.contains(" = ") && !l.starts_with('#'))
                 .count(),
-            6
+            7
         );
     }
 
@@ -619,7 +659,7 @@ reserved_host_memory_mib = 8_192
             loaded.warnings,
             vec![
                 format!("{shown}: line 3: hook.future_knob: unknown key, ignored; [hook] has mode, reserved_host_memory_mib in this version"),
-                format!("{shown}: line 4: telemetry: unknown section, ignored; this version knows [wrapper] and [hook]"),
+                format!("{shown}: line 4: telemetry: unknown section, ignored; this version knows [wrapper], [hook] and [metrics]"),
             ]
         );
         // A bad value of a known key next to an unknown one is still an error.

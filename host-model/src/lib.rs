@@ -10,6 +10,8 @@ pub mod config;
 #[cfg(feature = "host")]
 pub mod domain;
 #[cfg(feature = "host")]
+pub mod ledger;
+#[cfg(feature = "host")]
 pub mod libvirt;
 #[cfg(feature = "host")]
 pub mod memory;
@@ -52,4 +54,30 @@ pub const WRAPPER_MARKER: &str = "gpu-passthrough:qemu-kvm-wrapper:marker:v1";
 pub fn is_wrapper_binary(bytes: &[u8]) -> bool {
     let marker = WRAPPER_MARKER.as_bytes();
     bytes.windows(marker.len()).any(|w| w == marker)
+}
+
+/// Whether the file at `path` is a qemu-kvm-wrapper binary, read in pieces (a real
+/// qemu is tens of megabytes, a debug wrapper too).
+pub fn file_is_wrapper(path: &std::path::Path) -> std::io::Result<bool> {
+    use std::io::Read;
+    let marker = WRAPPER_MARKER.as_bytes();
+    let mut file = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    // The last marker.len() - 1 bytes of a piece stay, so a marker across two is found.
+    let keep = marker.len() - 1;
+    let mut filled = 0;
+    loop {
+        let n = file.read(&mut buf[filled..])?;
+        if n == 0 {
+            return Ok(false);
+        }
+        filled += n;
+        if is_wrapper_binary(&buf[..filled]) {
+            return Ok(true);
+        }
+        if filled > keep {
+            buf.copy_within(filled - keep..filled, 0);
+            filled = keep;
+        }
+    }
 }

@@ -209,6 +209,69 @@ pub fn iommu_active(sysfs: &Path) -> bool {
         .is_ok_and(|mut entries| entries.next().is_some())
 }
 
+/// What sysfs shows of a function's health, without waking it: a GPU bound to
+/// vfio-pci and idle sits in D3hot; one in D3cold must not be touched (its config space
+/// reads would wake it), so its link is not read.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Health {
+    /// `power_state` as sysfs spells it: D0, D1, D2, D3hot, D3cold, unknown.
+    pub power_state: Option<String>,
+    /// (current, max) link speed in GT/s and width in lanes, when readable.
+    pub link_speed_gts: Option<(f64, f64)>,
+    pub link_width: Option<(u32, u32)>,
+    /// AER totals: (severity, count), severity `correctable`, `nonfatal`, `fatal`.
+    pub aer: Vec<(&'static str, u64)>,
+}
+
+/// The power states sysfs names, in order.
+pub const POWER_STATES: [&str; 6] = ["D0", "D1", "D2", "D3hot", "D3cold", "unknown"];
+
+/// Read what sysfs shows of `address`'s health. Missing files are absent values.
+pub fn read_health(sysfs: &Path, address: &PciAddress) -> Health {
+    let dir = address.sysfs_dir(sysfs);
+    let read = |name: &str| {
+        std::fs::read_to_string(dir.join(name))
+            .ok()
+            .map(|s| s.trim().to_owned())
+    };
+    let power_state = read("power_state");
+    let mut health = Health {
+        power_state: power_state.clone(),
+        ..Health::default()
+    };
+    if power_state.as_deref() != Some("D3cold") {
+        // "8.0 GT/s PCIe", "Unknown" when the link is down.
+        let speed = |name: &str| {
+            read(name).and_then(|s| {
+                s.split_whitespace()
+                    .next()
+                    .and_then(|n| n.parse::<f64>().ok())
+            })
+        };
+        let width = |name: &str| read(name).and_then(|s| s.parse::<u32>().ok());
+        health.link_speed_gts = speed("current_link_speed").zip(speed("max_link_speed"));
+        health.link_width = width("current_link_width").zip(width("max_link_width"));
+    }
+    for (file, total, severity) in [
+        ("aer_dev_correctable", "TOTAL_ERR_COR", "correctable"),
+        ("aer_dev_nonfatal", "TOTAL_ERR_NONFATAL", "nonfatal"),
+        ("aer_dev_fatal", "TOTAL_ERR_FATAL", "fatal"),
+    ] {
+        let count = read(file).and_then(|text| {
+            text.lines().find_map(|l| {
+                let mut words = l.split_whitespace();
+                (words.next() == Some(total))
+                    .then(|| words.next().and_then(|n| n.parse().ok()))
+                    .flatten()
+            })
+        });
+        if let Some(count) = count {
+            health.aer.push((severity, count));
+        }
+    }
+    health
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -241,6 +304,38 @@ mod tests {
             let err = bad.parse::<PciAddress>().expect_err(bad);
             assert!(err.to_string().contains("not a PCI address"), "{bad}");
         }
+    }
+
+    #[test]
+    fn health_from_sysfs_and_no_link_reads_in_d3cold() {
+        let sysfs = tempfile::tempdir().expect("tempdir");
+        let addr: PciAddress = "0000:18:00.0".parse().expect("address");
+        let dir = addr.sysfs_dir(sysfs.path());
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        let w = |n: &str, v: &str| std::fs::write(dir.join(n), v).expect("write");
+        w("power_state", "D3hot\n");
+        w("current_link_speed", "2.5 GT/s PCIe\n");
+        w("max_link_speed", "8.0 GT/s PCIe\n");
+        w("current_link_width", "8\n");
+        w("max_link_width", "16\n");
+        w(
+            "aer_dev_correctable",
+            "RxErr 2\nBadTLP 1\nTOTAL_ERR_COR 3\n",
+        );
+        w("aer_dev_fatal", "Undefined 0\nTOTAL_ERR_FATAL 0\n");
+        let h = read_health(sysfs.path(), &addr);
+        assert_eq!(
+            h,
+            Health {
+                power_state: Some("D3hot".into()),
+                link_speed_gts: Some((2.5, 8.0)),
+                link_width: Some((8, 16)),
+                aer: vec![("correctable", 3), ("fatal", 0)],
+            }
+        );
+        w("power_state", "D3cold\n");
+        let h = read_health(sysfs.path(), &addr);
+        assert_eq!((h.link_speed_gts, h.link_width), (None, None));
     }
 
     #[test]

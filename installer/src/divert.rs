@@ -21,10 +21,6 @@ pub const ORIG: &str = "/usr/libexec/qemu-kvm.orig";
 /// Where the RPM puts the wrapper.
 pub const WRAPPER_SOURCE: &str = "/usr/libexec/gpu-passthrough/qemu-kvm-wrapper";
 
-/// A wrapper is a little over a megabyte; a real qemu is tens of megabytes. Files larger
-/// than this are not read to look for the marker.
-const LARGEST_WRAPPER: u64 = 16 << 20;
-
 #[derive(Debug, Clone)]
 pub struct Diversion {
     pub qemu: PathBuf,
@@ -68,11 +64,7 @@ impl Diversion {
     }
 
     fn is_wrapper(path: &Path) -> io::Result<bool> {
-        let meta = fs::metadata(path)?;
-        if meta.len() > LARGEST_WRAPPER {
-            return Ok(false);
-        }
-        Ok(host_model::is_wrapper_binary(&fs::read(path)?))
+        host_model::file_is_wrapper(path)
     }
 
     pub fn state(&self) -> Result<State> {

@@ -27,7 +27,10 @@ pub const STATE_DIR: &str = "/var/lib/gpu-passthrough";
 pub const HOOK_SOURCE: &str = "/usr/libexec/gpu-passthrough/gpu-passthrough-hook";
 /// Before libvirt 6.5 there is only this one hook per driver.
 pub const LEGACY_HOOK_PATH: &str = "/etc/libvirt/hooks/qemu";
-const MODPROBE: &str = "/etc/modprobe.d/gpu-passthrough.conf";
+/// The metrics timer's unit, which the RPM installs.
+pub const METRICS_TIMER: &str = "gpu-passthrough-metrics.timer";
+const UNIT_DIR: &str = "/usr/lib/systemd/system";
+pub const MODPROBE: &str = "/etc/modprobe.d/gpu-passthrough.conf";
 const MODULES_LOAD: &str = "/etc/modules-load.d/gpu-passthrough.conf";
 const DRACUT: &str = "/etc/dracut.conf.d/gpu-passthrough.conf";
 const CONFIG: &str = "/etc/gpu-passthrough/config.toml";
@@ -61,6 +64,9 @@ pub struct InstallState {
     pub hook: Option<String>,
     /// Whether install diverted qemu-kvm (it was not diverted before).
     pub diverted: bool,
+    /// Whether install enabled gpu-passthrough-metrics.timer.
+    #[serde(default)]
+    pub metrics_timer: bool,
     /// Directories install created (host paths), parents first.
     #[serde(default)]
     pub created_dirs: Vec<String>,
@@ -136,6 +142,8 @@ pub struct Plan {
     hook: Option<(PathBuf, &'static str)>,
     divert: bool,
     dracut: bool,
+    /// Enable gpu-passthrough-metrics.timer (its unit is installed, not enabled yet).
+    metrics_timer: bool,
     notes: Vec<String>,
 }
 
@@ -146,6 +154,7 @@ impl Plan {
             && self.grub_default.is_none()
             && self.hook.is_none()
             && !self.divert
+            && !self.metrics_timer
     }
 }
 
@@ -410,6 +419,17 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
         _ => Some((hook_full, hook_path)),
     };
 
+    // The metrics timer, when the package installed its unit and install has not
+    // enabled it yet.
+    let metrics_timer =
+        under(host.root, &format!("{UNIT_DIR}/{METRICS_TIMER}")).is_file() && !state.metrics_timer;
+    if !under(host.root, &format!("{UNIT_DIR}/{METRICS_TIMER}")).is_file() {
+        notes.push(format!(
+            "{UNIT_DIR}/{METRICS_TIMER} is not installed: no metrics for node_exporter \
+             (the RPM ships it)"
+        ));
+    }
+
     let divert = match Diversion::under(host.root).state()? {
         State::Diverted { current } => !current,
         _ => true,
@@ -422,6 +442,7 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
         hook,
         divert,
         dracut,
+        metrics_timer,
         notes,
     })
 }
@@ -534,6 +555,12 @@ fn commands(plan: &Plan) -> Vec<(&'static str, Vec<String>)> {
     if plan.dracut {
         c.push(("dracut", vec!["-f".into()]));
     }
+    if plan.metrics_timer {
+        c.push((
+            "systemctl",
+            vec!["enable".into(), "--now".into(), METRICS_TIMER.into()],
+        ));
+    }
     c
 }
 
@@ -562,6 +589,7 @@ pub fn apply(plan: &Plan, host: &Host<'_>) -> Result<Vec<String>> {
             exact: state.exact,
             hook: state.hook.clone().filter(|_| original.hook.is_none()),
             diverted: state.diverted && !original.diverted,
+            metrics_timer: state.metrics_timer && !original.metrics_timer,
             created_dirs: added(&state.created_dirs, &original.created_dirs),
         };
         let report = undo_state(&undo, host, true);
@@ -573,6 +601,7 @@ pub fn apply(plan: &Plan, host: &Host<'_>) -> Result<Vec<String>> {
             kept.kernel_args.extend(report.remaining.kernel_args);
             kept.hook = kept.hook.or(report.remaining.hook);
             kept.diverted |= report.remaining.diverted;
+            kept.metrics_timer |= report.remaining.metrics_timer;
             kept.created_dirs = state.created_dirs.clone();
             write_state(host.root, &kept)?;
             for f in &report.failed {
@@ -765,6 +794,10 @@ fn apply_steps(
     for (program, args) in commands(plan) {
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         let ran = host.runner.run(program, &args)?;
+        if program == "systemctl" {
+            state.metrics_timer = true;
+            write_state(host.root, state)?;
+        }
         done.push(match ran {
             Ran::Done(_) => format!("{program}: ran {}", command_line(program, &args)),
             Ran::Skipped(why) => format!("{program}: {why}"),
@@ -891,6 +924,17 @@ fn undo_state(state: &InstallState, host: &Host<'_>, quiet: bool) -> UndoReport 
         exact: state.exact,
         ..InstallState::default()
     };
+    if state.metrics_timer {
+        let args = ["disable", "--now", METRICS_TIMER];
+        match host.runner.run("systemctl", &args) {
+            Ok(Ran::Done(_)) => done.push(format!("ran {}", command_line("systemctl", &args))),
+            Ok(Ran::Skipped(why)) => done.push(format!("systemctl: {why}")),
+            Err(e) => {
+                failed.push(format!("{e:#}"));
+                remaining.metrics_timer = true;
+            }
+        }
+    }
     if state.diverted {
         match Diversion::under(host.root).undivert(host.runner) {
             Ok(outcome) => done.push(format!("undivert: {}", outcome.steps.join("; "))),
@@ -1024,6 +1068,7 @@ pub fn uninstall(host: &Host<'_>) -> Result<Vec<String>> {
     if state.files.is_empty()
         && state.hook.is_none()
         && !state.diverted
+        && !state.metrics_timer
         && state.kernel_args.is_empty()
     {
         return Ok(vec![
@@ -1032,6 +1077,9 @@ pub fn uninstall(host: &Host<'_>) -> Result<Vec<String>> {
     }
     if host.runner.dry_run {
         let mut plan = Vec::new();
+        if state.metrics_timer {
+            plan.push(format!("run: systemctl disable --now {METRICS_TIMER}"));
+        }
         if state.diverted {
             plan.push(format!("undivert {}", crate::divert::QEMU));
         }

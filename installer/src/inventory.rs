@@ -265,6 +265,24 @@ impl Inventory {
             .collect()
     }
 
+    /// The GPUs `status` and `metrics` cover: the passthrough GPUs, i.e. the NVIDIA
+    /// display functions and those whose ids `install --gpu` put into the vfio-pci
+    /// options (`modprobe_conf`: ROOT/etc/modprobe.d/gpu-passthrough.conf). A BMC's VGA
+    /// is not a free GPU.
+    pub fn passthrough(&self, modprobe_conf: &Path) -> Vec<&Gpu> {
+        let text = std::fs::read_to_string(modprobe_conf).unwrap_or_default();
+        let bound: Vec<(u16, u16)> = text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("options vfio-pci ids="))
+            .flat_map(|ids| ids.split(','))
+            .filter_map(|id| parse_ids(id.trim()).ok())
+            .collect();
+        self.gpus
+            .iter()
+            .filter(|g| g.display().vendor_id == NVIDIA || bound.contains(&g.ids()))
+            .collect()
+    }
+
     /// The selected GPUs split into those that can be passed through and those whose
     /// IOMMU group holds a device the host needs. vfio-pci takes every usable card's
     /// functions, so another usable card in the group does not stand in the way; a card

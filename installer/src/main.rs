@@ -6,9 +6,11 @@ mod divert;
 mod files;
 mod install;
 mod inventory;
+mod metrics;
 mod nova;
 mod runner;
 mod selinux;
+mod usage;
 
 use std::fs::File;
 use std::io::Write;
@@ -137,6 +139,41 @@ enum Cmd {
         #[arg(long)]
         with_siblings: bool,
     },
+    /// GPU-hours per project (or user, flavor, model, instance, GPU) from the usage
+    /// ledger, and refusals per check.
+    ///
+    /// Intervals are clipped to the window; VMs still running count up to now. The
+    /// ledger is STATE/usage/*.jsonl (STATE: $GPU_PASSTHROUGH_STATE_DIR, else
+    /// ROOT/var/lib/gpu-passthrough); its format is in the README.
+    Usage {
+        /// Start of the window, inclusive: RFC 3339, or YYYY-MM-DD (midnight UTC)
+        /// [default: the first of this month]
+        #[arg(long, value_name = "T", value_parser = usage::parse_time)]
+        since: Option<jiff::Timestamp>,
+        /// End of the window, exclusive [default: now]
+        #[arg(long, value_name = "T", value_parser = usage::parse_time)]
+        until: Option<jiff::Timestamp>,
+        /// Group by this; repeat for combinations [default: project]
+        #[arg(long = "by", value_name = "KEY", value_enum)]
+        by: Vec<usage::By>,
+        /// CSV with a header line (the JSON fields as columns).
+        #[arg(long)]
+        csv: bool,
+        /// A ledger file or directory instead of STATE/usage.
+        #[arg(long, value_name = "PATH")]
+        ledger: Option<PathBuf>,
+    },
+    /// Write the node_exporter textfile (gpu_passthrough.prom) and the ledger's
+    /// heartbeat; close the intervals of VMs gone without a stop (a host crash).
+    ///
+    /// Run every 30 s by gpu-passthrough-metrics.timer. The file is written
+    /// atomically; reading sysfs never wakes a GPU in D3cold.
+    Metrics {
+        /// node_exporter's textfile directory [default: [metrics] textfile_dir, else
+        /// /var/lib/node_exporter/textfile_collector]
+        #[arg(long, value_name = "DIR")]
+        textfile_dir: Option<PathBuf>,
+    },
     /// Write man pages for gpu-passthrough and its commands into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
@@ -171,6 +208,12 @@ impl Paths {
             sysfs: from_env(&cli.sysfs, host_model::SYSFS_ENV, "/sys"),
             proc_root: from_env(&cli.proc, host_model::PROC_ENV, "/proc"),
         }
+    }
+
+    /// $GPU_PASSTHROUGH_STATE_DIR, else ROOT/var/lib/gpu-passthrough.
+    fn state_dir(&self) -> PathBuf {
+        host_model::env_path(host_model::ledger::STATE_DIR_ENV)
+            .unwrap_or_else(|| under(&self.root, host_model::ledger::DEFAULT_STATE_DIR))
     }
 
     fn sources(&self) -> Sources {
@@ -318,6 +361,61 @@ fn run(cli: Cli) -> Result<ExitCode> {
             );
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Usage {
+            since,
+            until,
+            by,
+            csv,
+            ledger,
+        } => {
+            let path = ledger
+                .clone()
+                .unwrap_or_else(|| host_model::ledger::usage_dir(&paths.state_dir()));
+            if *csv && cli.json {
+                Cli::command()
+                    .error(
+                        clap::error::ErrorKind::ArgumentConflict,
+                        "--json and --csv: choose one output format",
+                    )
+                    .exit();
+            }
+            let format = if *csv {
+                usage::Format::Csv
+            } else if cli.json {
+                usage::Format::Json
+            } else {
+                usage::Format::Table
+            };
+            print!("{}", usage::report(&path, by, *since, *until, format)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Cmd::Metrics { textfile_dir } => {
+            let config = load_config(&paths)?;
+            let dir = textfile_dir.clone().unwrap_or_else(|| {
+                under(&paths.root, &config.metrics.textfile_dir.to_string_lossy())
+            });
+            let usage_dir = host_model::ledger::usage_dir(&paths.state_dir());
+            let inventory = read_inventory(&paths)?;
+            let (mut records, problems) = host_model::ledger::read(&usage_dir)
+                .with_context(|| format!("cannot read the ledger {}", usage_dir.display()))?;
+            for p in &problems {
+                eprintln!("gpu-passthrough: warning: {p}");
+            }
+            let now = jiff::Timestamp::now();
+            let closed =
+                metrics::close_lost_intervals(&usage_dir, &records, &inventory.running, now)?;
+            for r in &closed {
+                eprintln!(
+                    "gpu-passthrough: domain '{}' is gone without a stop (a host crash?): closed its interval at {}",
+                    r.domain, r.ts
+                );
+            }
+            records.extend(closed);
+            let gpus = inventory.passthrough(&under(&paths.root, install::MODPROBE));
+            let text = metrics::render(&inventory, &gpus, &records, &paths.sysfs, now);
+            metrics::write(&dir, &text)?;
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Man { dir } => {
             write_man_pages(dir)?;
             Ok(ExitCode::SUCCESS)
@@ -367,6 +465,18 @@ fn lock(root: &Path, dry_run: bool, wait: bool) -> Result<Option<File>> {
         }
     }
     Ok(Some(file))
+}
+
+/// The suite's config (under --root, or $GPU_PASSTHROUGH_CONFIG), strictly; unknown
+/// keys are warnings.
+fn load_config(paths: &Paths) -> Result<host_model::config::Config> {
+    let path = host_model::env_path(host_model::config::PATH_ENV)
+        .unwrap_or_else(|| under(&paths.root, host_model::config::DEFAULT_PATH));
+    let loaded = host_model::config::load(&path)?;
+    for w in &loaded.warnings {
+        eprintln!("gpu-passthrough: warning: {w}");
+    }
+    Ok(loaded.config)
 }
 
 /// The host's GPUs; what could not be read is one warning line each on stderr.
@@ -448,8 +558,8 @@ struct GpuStatus<'a> {
 fn status(paths: &Paths, json: bool, prometheus: bool) -> Result<ExitCode> {
     let inventory = read_inventory(paths)?;
     let rows: Vec<GpuStatus<'_>> = inventory
-        .gpus
-        .iter()
+        .passthrough(&under(&paths.root, install::MODPROBE))
+        .into_iter()
         .map(|g| {
             let display = &g.functions[0].1;
             let holder = g.functions.iter().find_map(|(_, e)| e.in_use_by.as_deref());

@@ -16,6 +16,7 @@ use std::process::ExitCode;
 use host_model::checks::{check_domain, HostPaths, Report, Severity};
 use host_model::config::{self, HookMode};
 use host_model::domain::Domain;
+use host_model::ledger::{self, Event, Record};
 
 const NAME: &str = "gpu-passthrough-hook";
 
@@ -54,10 +55,15 @@ fn main() -> ExitCode {
     // `-x` or `--help`, and a failing `reconnect` makes libvirt kill the VM. Only `prepare
     // begin` may ever fail; everything else leaves at once, without reading stdin.
     if let [domain, operation, sub_operation, _extra] = args.as_slice() {
-        if operation != "prepare" || sub_operation != "begin" {
-            return ExitCode::SUCCESS;
-        }
-        return prepare(&domain.to_string_lossy());
+        let event = match (operation.to_str(), sub_operation.to_str()) {
+            (Some("prepare"), Some("begin")) => return prepare(&domain.to_string_lossy()),
+            (Some("started"), Some("begin")) => Event::Start,
+            (Some("release"), Some("end")) => Event::Stop,
+            (Some("reconnect"), Some("begin")) => Event::Running,
+            _ => return ExitCode::SUCCESS,
+        };
+        record_event(event);
+        return ExitCode::SUCCESS;
     }
     match args.first().and_then(|a| a.to_str()) {
         Some("--help" | "-h") if args.len() == 1 => {
@@ -78,6 +84,73 @@ fn main() -> ExitCode {
             args.len()
         )),
     }
+}
+
+/// Set to 1, the ledger records domains without host devices too: for the end-to-end
+/// test on a machine without GPUs. Never set on a host.
+const LEDGER_ALL_DOMAINS_ENV: &str = "GPU_PASSTHROUGH_LEDGER_ALL_DOMAINS";
+
+/// `started`, `release` and `reconnect`: append the domain's ledger record. Nothing
+/// here may fail the operation (a failing `reconnect` makes libvirt kill the VM): every
+/// problem is a journald warning, and the process exits 0 whatever happens, a panic
+/// included.
+fn record_event(event: Event) {
+    std::panic::set_hook(Box::new(|info| {
+        let _ = writeln!(
+            io::stderr(),
+            "{NAME}: internal error, please report it: {info}"
+        );
+        std::process::exit(0);
+    }));
+    let mut xml = Vec::new();
+    if io::stdin().read_to_end(&mut xml).is_err() {
+        return;
+    }
+    let all = std::env::var_os(LEDGER_ALL_DOMAINS_ENV).is_some_and(|v| v == "1");
+    // The common case, a VM without host devices, needs no parsing.
+    if !all && !xml.windows(7).any(|w| w == b"hostdev") {
+        return;
+    }
+    let domain = match std::str::from_utf8(&xml)
+        .map_err(|e| format!("not UTF-8: {e}"))
+        .and_then(|text| Domain::from_xml(text).map_err(|e| e.to_string()))
+    {
+        Ok(domain) => domain,
+        Err(e) => {
+            Log::open().warning(&format!(
+                "ledger: the domain XML at {event:?} does not parse ({e}); no record written"
+            ));
+            return;
+        }
+    };
+    if domain.hostdevs.is_empty() && !all {
+        return;
+    }
+    if let Err(e) = write_record(event, &domain, None) {
+        Log::open().warning(&format!(
+            "ledger: {e}; the {event:?} of domain '{}' is not recorded",
+            domain.name
+        ));
+    }
+}
+
+/// Append `domain`'s record of `event` (with the failing `checks` of a refusal).
+fn write_record(event: Event, domain: &Domain, checks: Option<Vec<String>>) -> io::Result<()> {
+    let host = HostPaths::from_env();
+    let pci_ids = host
+        .pci_ids
+        .as_deref()
+        .and_then(|p| std::fs::read(p).ok())
+        .map(|b| String::from_utf8_lossy(&b).into_owned());
+    let mut record = Record::new(
+        event,
+        &ledger::hostname(&host.proc_root),
+        domain,
+        ledger::gpus_of(domain, &host.sysfs, pci_ids.as_deref()),
+        jiff::Timestamp::now(),
+    );
+    record.checks = checks;
+    ledger::append(&ledger::usage_dir(&ledger::state_dir_from_env()), &record).map(|_| ())
 }
 
 fn usage(message: &str) -> ExitCode {
@@ -157,7 +230,18 @@ fn prepare(name: &str) -> ExitCode {
 
     let mut report = check_domain(&domain, &HostPaths::from_env(), &config);
     match (report.worst(), config.mode) {
-        (Severity::Fail, HookMode::Enforce) => refuse(refusal_paragraph(&mut report, &config_path)),
+        (Severity::Fail, HookMode::Enforce) => {
+            let mut checks: Vec<String> = Vec::new();
+            for f in report.at_least(Severity::Fail) {
+                if !checks.iter().any(|c| c == f.check) {
+                    checks.push(f.check.to_owned());
+                }
+            }
+            if let Err(e) = write_record(Event::Refused, &domain, Some(checks)) {
+                log.warning(&format!("ledger: {e}; this refusal is not recorded"));
+            }
+            refuse(refusal_paragraph(&mut report, &config_path))
+        }
         (Severity::Pass, _) => {
             log.info(&format!(
                 "domain {}: {} host device(s), every check passed",

@@ -95,8 +95,35 @@ impl Host {
             .env("GPU_PASSTHROUGH_SYSFS", self.sysfs.root())
             .env("GPU_PASSTHROUGH_PROC", self.path("proc"))
             .env("GPU_PASSTHROUGH_LIBVIRT_RUN", self.path("run"))
-            .env("GPU_PASSTHROUGH_PCI_IDS", self.path("pci.ids"));
+            .env("GPU_PASSTHROUGH_PCI_IDS", self.path("pci.ids"))
+            .env("GPU_PASSTHROUGH_STATE_DIR", self.path("state"))
+            .env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1");
         c
+    }
+
+    /// Every ledger record, in file order, with its `ts` checked and taken out.
+    fn ledger(&self) -> Vec<serde_json::Value> {
+        let mut out = Vec::new();
+        let dir = self.path("state/usage");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return out;
+        };
+        let mut files: Vec<PathBuf> = entries.map(|e| e.expect("entry").path()).collect();
+        files.sort();
+        for f in files {
+            let name = f.file_name().expect("name").to_string_lossy().into_owned();
+            for line in std::fs::read_to_string(&f).expect("read").lines() {
+                let mut v: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+                let ts = v["ts"].as_str().expect("ts").to_owned();
+                assert!(
+                    ts.len() == 20 && ts.ends_with('Z') && name == format!("{}.jsonl", &ts[..7]),
+                    "{ts} in {name}"
+                );
+                v.as_object_mut().expect("object").remove("ts");
+                out.push(v);
+            }
+        }
+        out
     }
 
     fn run(&self, args: &[&str], stdin: &str) -> Output {
@@ -211,7 +238,16 @@ fn every_other_operation_exits_0_whatever_stdin_holds() {
         for stdin in [broken.as_str(), "<hostdev garbage", ""] {
             let out = host.run(&["vm1", op, sub, "-"], stdin);
             assert_allowed(&out);
-            assert!(out.stderr.is_empty(), "{op} {sub}: {}", stderr(&out));
+            // At most the ledger's warning (journald's, where there is one).
+            let err = stderr(&out);
+            let ledger_event = matches!(op, "started" | "release" | "reconnect");
+            assert!(
+                err.is_empty()
+                    || (ledger_event
+                        && err.starts_with("gpu-passthrough-hook: ledger: ")
+                        && err.lines().count() == 1),
+                "{op} {sub}: {err}"
+            );
         }
     }
     // Other shapes are not libvirt's (it always passes four): a usage error.
@@ -876,4 +912,82 @@ fn a_config_key_from_a_newer_version_is_a_warning_not_a_refusal() {
     );
     let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+}
+
+// Issue 12: the usage ledger.
+
+#[test]
+fn the_ledger_records_start_reconnect_stop_and_refusals_of_gpu_domains() {
+    let host = Host::new();
+    let name = "instance-0000002a";
+    let xml = domain(name, 16, &both_functions(), NOVA_METADATA);
+    for (op, sub, extra) in [
+        ("prepare", "begin", "-"),
+        ("started", "begin", "-"),
+        ("reconnect", "begin", "-"),
+        ("release", "end", "shutdown"),
+        ("stopped", "end", "-"),
+    ] {
+        let out = host.run(&[name, op, sub, extra], &xml);
+        assert_allowed(&out);
+        assert!(out.stderr.is_empty(), "{op}: {}", stderr(&out));
+    }
+    // A domain without host devices leaves no record.
+    assert_allowed(&host.run(
+        &["plain", "started", "begin", "-"],
+        &domain("plain", 1, &[], ""),
+    ));
+    // A refusal: more memory than the host can pin, and a hard limit below it.
+    let too_big = domain(
+        name,
+        160,
+        &both_functions(),
+        &format!("{NOVA_METADATA}  <memtune><hard_limit unit='G'>17</hard_limit></memtune>\n"),
+    );
+    let out = host.prepare(name, &too_big);
+    assert_eq!(out.status.code(), Some(1));
+    let uuid = "00000000-0000-0000-0000-696e7374616e";
+    let record = |event: &str| {
+        serde_json::json!({
+            "event": event, "host": "gpu-node-1", "domain": name, "domain_uuid": uuid,
+            "instance_id": uuid, "instance_name": "gpu-worker-1", "project_id": "p",
+            "project_name": "climate-lab", "user_id": "u", "user_name": "alice",
+            "flavor_name": null,
+            "gpus": [{"address": "0000:18:00.0", "vendor_id": "10de", "device_id": "1b02",
+                      "model": "NVIDIA Corporation GP102 [TITAN Xp]"}],
+        })
+    };
+    let mut refused = record("refused");
+    refused["checks"] = serde_json::json!(["memory", "hard-limit"]);
+    assert_eq!(
+        host.ledger(),
+        vec![record("start"), record("running"), record("stop"), refused]
+    );
+}
+
+#[test]
+fn a_ledger_that_cannot_be_written_never_fails_an_operation() {
+    let host = Host::new();
+    write_file(
+        &host.path("state"),
+        "a file where the state directory should be",
+    );
+    let xml = domain("vm1", 4, &both_functions(), "");
+    for (op, sub) in [
+        ("started", "begin"),
+        ("reconnect", "begin"),
+        ("release", "end"),
+    ] {
+        let out = host.run(&["vm1", op, sub, "-"], &xml);
+        assert_allowed(&out);
+        assert!(
+            stderr(&out).contains("ledger: cannot create"),
+            "{op}: {}",
+            stderr(&out)
+        );
+    }
+    // Garbage XML at reconnect: a warning, exit 0.
+    let out = host.run(&["vm1", "reconnect", "begin", "-"], "<domain><hostdev");
+    assert_allowed(&out);
+    assert!(stderr(&out).contains("does not parse"), "{}", stderr(&out));
 }

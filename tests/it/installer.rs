@@ -1047,7 +1047,7 @@ fn two_installs_cannot_interleave() {
 fn stand_ins(host: &Host, fail: Option<&str>) -> std::ffi::OsString {
     let dir = host.path("standins");
     let log = host.path("commands.log");
-    for tool in ["grubby", "dracut", "semodule", "restorecon"] {
+    for tool in ["grubby", "dracut", "semodule", "restorecon", "systemctl"] {
         let status = if Some(tool) == fail {
             "echo \"$0: boom\" >&2; exit 3"
         } else {
@@ -1071,6 +1071,10 @@ fn stand_ins(host: &Host, fail: Option<&str>) -> std::ffi::OsString {
 #[test]
 fn install_runs_grubby_restorecon_dracut_and_uninstall_reverts_them() {
     let host = install_root();
+    write_file(
+        &host.path("usr/lib/systemd/system/gpu-passthrough-metrics.timer"),
+        "[Timer]\n",
+    );
     let path = stand_ins(&host, None);
     let run = |args: &[&str]| {
         host.command(args)
@@ -1089,7 +1093,8 @@ fn install_runs_grubby_restorecon_dracut_and_uninstall_reverts_them() {
             "restorecon -F {root}/usr/libexec/qemu-kvm {root}/usr/libexec/qemu-kvm.orig\n\
              grubby --update-kernel=ALL --args=intel_iommu=on iommu=pt rd.driver.pre=vfio-pci --no-etc-grub-update\n\
              restorecon -R /etc/gpu-passthrough\n\
-             dracut -f\n"
+             dracut -f\n\
+             systemctl enable --now gpu-passthrough-metrics.timer\n"
         )
     );
     std::fs::remove_file(host.path("commands.log")).expect("rm log");
@@ -1100,7 +1105,10 @@ fn install_runs_grubby_restorecon_dracut_and_uninstall_reverts_them() {
     let log = std::fs::read_to_string(host.path("commands.log")).expect("log");
     assert_eq!(
         log,
-        format!("restorecon -F {root}/usr/libexec/qemu-kvm\ndracut -f\n")
+        format!(
+            "systemctl disable --now gpu-passthrough-metrics.timer\n\
+             restorecon -F {root}/usr/libexec/qemu-kvm\ndracut -f\n"
+        )
     );
 }
 
@@ -1901,5 +1909,380 @@ fn check_reads_the_labels_and_the_module_when_selinux_is_on() {
             "PASS selinux-module: the gpu-passthrough module is loaded (targeted, priority 200)".to_owned(),
             "WARN selinux-boolean: virt_use_usb is off: the wrapper cannot read sysfs to tell GPU VMs from others. Fix: setsebool -P virt_use_usb on".to_owned(),
         ]
+    );
+}
+
+// Issue 12: usage and metrics.
+
+/// One ledger line.
+#[allow(clippy::too_many_arguments)]
+fn ledger_line(
+    ts: &str,
+    event: &str,
+    domain: &str,
+    project: (&str, &str),
+    user: &str,
+    flavor: &str,
+    gpus: &[(&str, &str)],
+    checks: Option<&[&str]>,
+) -> String {
+    let mut v = serde_json::json!({
+        "ts": ts, "event": event, "host": "gpu-node-1", "domain": domain,
+        "domain_uuid": format!("uuid-{domain}"), "instance_id": format!("uuid-{domain}"),
+        "instance_name": format!("{domain}-name"), "project_id": project.0,
+        "project_name": project.1, "user_id": format!("{user}-id"), "user_name": user,
+        "flavor_name": flavor,
+        "gpus": gpus.iter().map(|(a, d)| serde_json::json!({
+            "address": a, "vendor_id": "10de", "device_id": d,
+            "model": if *d == "1b02" { "TITAN Xp" } else { "Tesla T4" }
+        })).collect::<Vec<_>>(),
+    });
+    if let Some(c) = checks {
+        v["checks"] = serde_json::json!(c);
+    }
+    v.to_string()
+}
+
+/// Two projects, three GPUs, known times: alice (climate) holds two Titans 01:00-03:00
+/// on Nov 1; bob (genome) a T4 from Oct 31 23:00 to Nov 1 02:00 and again from 10:00
+/// (still running); one refusal of genome for memory and booking; a stray stop.
+fn scenario() -> String {
+    let titans = [("0000:18:00.0", "1b02"), ("0000:86:00.0", "1b02")];
+    let t4 = [("0000:3b:00.0", "1eb8")];
+    let climate = ("p-climate", "climate");
+    let genome = ("p-genome", "genome");
+    [
+        ledger_line(
+            "2026-10-31T23:00:00Z",
+            "start",
+            "vm-b",
+            genome,
+            "bob",
+            "g1.t4",
+            &t4,
+            None,
+        ),
+        ledger_line(
+            "2026-11-01T00:30:00Z",
+            "stop",
+            "vm-x",
+            genome,
+            "bob",
+            "g1.t4",
+            &t4,
+            None,
+        ),
+        ledger_line(
+            "2026-11-01T01:00:00Z",
+            "start",
+            "vm-a",
+            climate,
+            "alice",
+            "g2.titan",
+            &titans,
+            None,
+        ),
+        ledger_line(
+            "2026-11-01T02:00:00Z",
+            "stop",
+            "vm-b",
+            genome,
+            "bob",
+            "g1.t4",
+            &t4,
+            None,
+        ),
+        ledger_line(
+            "2026-11-01T03:00:00Z",
+            "stop",
+            "vm-a",
+            climate,
+            "alice",
+            "g2.titan",
+            &titans,
+            None,
+        ),
+        ledger_line(
+            "2026-11-01T09:00:00Z",
+            "refused",
+            "vm-c",
+            genome,
+            "bob",
+            "g1.t4",
+            &t4,
+            Some(&["memory", "booking"]),
+        ),
+        ledger_line(
+            "2026-11-01T10:00:00Z",
+            "start",
+            "vm-b",
+            genome,
+            "bob",
+            "g1.t4",
+            &t4,
+            None,
+        ),
+    ]
+    .join("\n")
+        + "\n"
+}
+
+#[test]
+fn usage_reports_gpu_hours_and_refusals_per_key_over_a_window() {
+    let host = Host::new();
+    let ledger = host.path("ledger");
+    write_file(&ledger.join("2026-10.jsonl"), scenario());
+    let ledger_arg = ledger.to_string_lossy().into_owned();
+    let window = ["--since", "2026-11-01", "--until", "2026-11-01T12:00:00Z"];
+    let run = |extra: &[&str]| {
+        let mut args = vec!["usage", "--ledger", ledger_arg.as_str()];
+        args.extend(window);
+        args.extend(extra);
+        host.run(&args)
+    };
+    let out = run(&["--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"project_id": "p-climate", "project_name": "climate", "gpu_hours": 4.0,
+             "refusals": 0, "refusals_by_check": {}},
+            {"project_id": "p-genome", "project_name": "genome", "gpu_hours": 4.0,
+             "refusals": 1, "refusals_by_check": {"booking": 1, "memory": 1}},
+        ]),
+        "climate: 2 GPUs x 2 h; genome: 2 h clipped at midnight + 2 h up to --until"
+    );
+    let out = run(&["--json", "--by", "model", "--by", "user"]);
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        v,
+        serde_json::json!([
+            {"vendor_id": "10de", "device_id": "1b02", "model": "TITAN Xp", "user_id": "alice-id",
+             "user_name": "alice", "gpu_hours": 4.0, "refusals": 0, "refusals_by_check": {}},
+            {"vendor_id": "10de", "device_id": "1eb8", "model": "Tesla T4", "user_id": "bob-id",
+             "user_name": "bob", "gpu_hours": 4.0, "refusals": 1,
+             "refusals_by_check": {"booking": 1, "memory": 1}},
+        ])
+    );
+    let out = run(&["--csv", "--by", "gpu"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        stdout(&out),
+        "address,model,gpu_hours,refusals,refusals_by_check\n\
+         0000:18:00.0,TITAN Xp,2,0,\n\
+         0000:3b:00.0,Tesla T4,4,1,booking=1;memory=1\n\
+         0000:86:00.0,TITAN Xp,2,0,\n"
+    );
+    let table = stdout(&run(&["--by", "flavor"]));
+    assert_eq!(
+        table,
+        "GPU-hours from 2026-11-01T00:00:00Z to 2026-11-01T12:00:00Z\n\
+         FLAVOR_NAME  GPU_HOURS  REFUSALS\n\
+         g1.t4        4.00       1 (booking 1, memory 1)\n\
+         g2.titan     4.00       0\n"
+    );
+
+    // Bad input: a torn line is a warning; a bad time a usage error; an empty window.
+    std::fs::write(ledger.join("2026-11.jsonl"), "{\"ts\": \"2026-11-0").expect("write");
+    let out = run(&["--json"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("2026-11.jsonl:1: not a ledger record"),
+        "{}",
+        stderr(&out)
+    );
+    assert_exit(
+        &host.run(&["usage", "--since", "last tuesday"]),
+        2,
+        "is not a time",
+    );
+    assert_exit(
+        &host.run(&[
+            "usage",
+            "--ledger",
+            &ledger_arg,
+            "--since",
+            "2026-11-02",
+            "--until",
+            "2026-11-01",
+        ]),
+        1,
+        "must come after --since",
+    );
+}
+
+#[test]
+fn metrics_writes_the_textfile_closes_lost_intervals_and_passes_promtool() {
+    let host = Host::with_gpus();
+    // The Titan is held by a running Nova VM; the T4 idles in D3hot with a degraded
+    // link and AER errors; the RTX sleeps in D3cold (its link must not be read).
+    let nova = "<metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'><nova:name>worker \"1\"</nova:name><nova:flavor name='g2.titan'/><nova:owner><nova:user uuid='u1'>alice</nova:user><nova:project uuid='p1'>climate</nova:project></nova:owner></nova:instance></metadata><uuid>uuid-held</uuid>";
+    host.running("instance-held", &["0000:18:00.0", "0000:18:00.1"], nova);
+    let t4 = host.sysfs.device_dir("0000:3b:00.0");
+    for (file, value) in [
+        ("power_state", "D3hot\n"),
+        ("current_link_speed", "2.5 GT/s PCIe\n"),
+        ("max_link_speed", "8.0 GT/s PCIe\n"),
+        ("current_link_width", "8\n"),
+        ("max_link_width", "16\n"),
+        ("aer_dev_correctable", "RxErr 3\nTOTAL_ERR_COR 3\n"),
+        ("aer_dev_nonfatal", "TOTAL_ERR_NONFATAL 0\n"),
+        ("aer_dev_fatal", "TOTAL_ERR_FATAL 1\n"),
+    ] {
+        write_file(&t4.join(file), value);
+    }
+    let rtx = host.sysfs.device_dir("0000:5e:00.0");
+    write_file(&rtx.join("power_state"), "D3cold\n");
+    write_file(&rtx.join("current_link_speed"), "8.0 GT/s PCIe\n");
+    // The ledger: vm-gone started and never stopped (the host crashed); the last
+    // heartbeat before the crash was at 02:00. instance-held is still running.
+    let usage = host.path("var/lib/gpu-passthrough/usage");
+    let climate = ("p1", "climate");
+    write_file(
+        &usage.join("2026-11.jsonl"),
+        [
+            ledger_line(
+                "2026-11-01T01:00:00Z",
+                "start",
+                "vm-gone",
+                climate,
+                "alice",
+                "g1.t4",
+                &[("0000:3b:00.0", "1eb8")],
+                None,
+            ),
+            ledger_line(
+                "2026-11-01T01:30:00Z",
+                "start",
+                "held",
+                climate,
+                "alice",
+                "g2.titan",
+                &[("0000:18:00.0", "1b02")],
+                None,
+            ),
+            ledger_line(
+                "2026-11-01T01:40:00Z",
+                "refused",
+                "vm-c",
+                climate,
+                "alice",
+                "g1.t4",
+                &[("0000:3b:00.0", "1eb8")],
+                Some(&["iommu-group"]),
+            ),
+        ]
+        .join("\n")
+            + "\n",
+    );
+    // The status file's <uuid>uuid-held</uuid> makes "held" the same domain as
+    // instance-held: it runs, its interval stays open.
+    write_file(&usage.join("heartbeat"), "2026-11-01T02:00:00Z\n");
+    let textfiles = host.path("textfiles");
+    let out = host.run(&["metrics", "--textfile-dir", &textfiles.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("domain 'vm-gone' is gone without a stop (a host crash?): closed its interval at 2026-11-01T02:00:00Z"),
+        "{}",
+        stderr(&out)
+    );
+    let lines: Vec<Value> = std::fs::read_to_string(usage.join("2026-11.jsonl"))
+        .expect("ledger")
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("JSON"))
+        .collect();
+    let mut lost: Value = serde_json::from_str(&ledger_line(
+        "2026-11-01T02:00:00Z",
+        "stop",
+        "vm-gone",
+        climate,
+        "alice",
+        "g1.t4",
+        &[("0000:3b:00.0", "1eb8")],
+        None,
+    ))
+    .expect("JSON");
+    lost["lost"] = Value::Bool(true);
+    assert_eq!(lines.len(), 4, "{lines:?}");
+    assert_eq!(
+        lines[3], lost,
+        "only the gone domain is closed, at the heartbeat"
+    );
+    let heartbeat = std::fs::read_to_string(usage.join("heartbeat")).expect("heartbeat");
+    assert!(
+        heartbeat.starts_with("20") && heartbeat.trim() != "2026-11-01T02:00:00Z",
+        "{heartbeat}"
+    );
+
+    let prom = std::fs::read_to_string(textfiles.join("gpu_passthrough.prom")).expect("prom file");
+    let series: Vec<&str> = prom.lines().filter(|l| !l.starts_with('#')).collect();
+    for expected in [
+        "gpu_passthrough_gpu_info{address=\"0000:18:00.0\",vendor_id=\"10de\",device_id=\"1b02\",model=\"NVIDIA Corporation GP102 [TITAN Xp]\",driver=\"nouveau\",iommu_group=\"30\",numa_node=\"\"} 1",
+        "gpu_passthrough_gpu_in_use{address=\"0000:18:00.0\",model=\"NVIDIA Corporation GP102 [TITAN Xp]\",domain=\"instance-held\",instance_id=\"uuid-held\",instance_name=\"worker \\\"1\\\"\",project_id=\"p1\",project_name=\"climate\",user_id=\"u1\",user_name=\"alice\",flavor_name=\"g2.titan\"} 1",
+        "gpu_passthrough_gpu_in_use{address=\"0000:3b:00.0\",model=\"NVIDIA Corporation TU104GL [Tesla T4]\",domain=\"\",instance_id=\"\",instance_name=\"\",project_id=\"\",project_name=\"\",user_id=\"\",user_name=\"\",flavor_name=\"\"} 0",
+        "gpu_passthrough_gpu_seconds_total{project_id=\"p1\",project_name=\"climate\",model=\"Tesla T4\"} 3600",
+        "gpu_passthrough_refusals_total{check=\"iommu-group\"} 1",
+        "gpu_passthrough_power_state{address=\"0000:3b:00.0\",state=\"D3hot\"} 1",
+        "gpu_passthrough_power_state{address=\"0000:3b:00.0\",state=\"D0\"} 0",
+        "gpu_passthrough_power_state{address=\"0000:5e:00.0\",state=\"D3cold\"} 1",
+        "gpu_passthrough_pcie_link_speed_gts{address=\"0000:3b:00.0\"} 2.5",
+        "gpu_passthrough_pcie_link_speed_gts_max{address=\"0000:3b:00.0\"} 8",
+        "gpu_passthrough_pcie_link_width{address=\"0000:3b:00.0\"} 8",
+        "gpu_passthrough_pcie_link_width_max{address=\"0000:3b:00.0\"} 16",
+        "gpu_passthrough_aer_errors_total{address=\"0000:3b:00.0\",severity=\"correctable\"} 3",
+        "gpu_passthrough_aer_errors_total{address=\"0000:3b:00.0\",severity=\"fatal\"} 1",
+    ] {
+        assert!(series.contains(&expected), "missing {expected}\nin:\n{prom}");
+    }
+    assert!(
+        !series
+            .iter()
+            .any(|s| s.contains("0000:5e:00.0") && s.starts_with("gpu_passthrough_pcie_link")),
+        "no link read in D3cold:\n{prom}"
+    );
+    assert!(
+        !prom.contains("0000:03:00.0"),
+        "the BMC VGA is not a passthrough GPU:\n{prom}"
+    );
+    assert!(series
+        .iter()
+        .any(|s| s.starts_with("gpu_passthrough_last_run_timestamp_seconds ")));
+
+    match which("promtool") {
+        Some(promtool) => {
+            let mut child = Command::new(promtool)
+                .args(["check", "metrics"])
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .expect("promtool");
+            use std::io::Write as _;
+            child
+                .stdin
+                .take()
+                .expect("stdin")
+                .write_all(prom.as_bytes())
+                .expect("feed promtool");
+            let out = child.wait_with_output().expect("promtool");
+            assert!(
+                out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+                "promtool check metrics: {}{}",
+                stdout(&out),
+                stderr(&out)
+            );
+        }
+        None => {
+            integration_tests::missing_prerequisite("promtool (apt-get install prometheus)");
+        }
+    }
+
+    // A second run closes nothing more.
+    let out = host.run(&["metrics", "--textfile-dir", &textfiles.to_string_lossy()]);
+    assert!(
+        out.status.success() && out.stderr.is_empty(),
+        "{}",
+        stderr(&out)
     );
 }

@@ -127,6 +127,8 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
         "/usr/sbin/gpu-passthrough",
         "/etc/gpu-passthrough/config.toml",
         "/usr/share/gpu-passthrough/gpu-passthrough.cil",
+        "/usr/lib/systemd/system/gpu-passthrough-metrics.service",
+        "/usr/lib/systemd/system/gpu-passthrough-metrics.timer",
         "/usr/share/man/man8/gpu-passthrough-install.8.gz",
         "/usr/share/licenses/gpu-passthrough-0.1.0/LICENSE-MIT",
         "/usr/share/doc/gpu-passthrough-0.1.0/README.md",

@@ -1,0 +1,659 @@
+//! The usage ledger: who used which GPU when, one JSON object per line.
+//!
+//! The hook appends a record at `started begin` (`start`), `release end` (`stop`),
+//! `reconnect begin` (`running`) and when it refuses a start (`refused`), for domains
+//! with PCI host devices. Files rotate by month: `STATE/usage/YYYY-MM.jsonl`. Each
+//! record goes out in one `write` on a file opened with O_APPEND, then fsync: records
+//! of concurrent hooks never interleave. The format is stable and documented in the
+//! README, because other accounting tools read it.
+//!
+//! The reader turns records into GPU intervals: a `start` (or a `running` with nothing
+//! open) opens one for its domain, a `stop` closes it; a `stop` with nothing open (libvirt
+//! calls `release end` after a refused start too) is ignored; an interval still open is
+//! running and counts up to the time of reading. A host that crashed wrote no `stop`:
+//! `gpu-passthrough metrics` closes such intervals with a `"lost": true` stop at the last
+//! heartbeat before the crash.
+
+use std::collections::BTreeMap;
+use std::fs::OpenOptions;
+use std::io::{self, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use crate::domain::Domain;
+use crate::pci::{self, PciAddress};
+
+/// Environment variable that replaces the state directory everywhere.
+pub const STATE_DIR_ENV: &str = "GPU_PASSTHROUGH_STATE_DIR";
+/// The state directory of a host.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/gpu-passthrough";
+/// Environment variable that replaces `uname -n` in records (tests).
+pub const HOSTNAME_ENV: &str = "GPU_PASSTHROUGH_HOSTNAME";
+
+/// The state directory in force for the hook: `$GPU_PASSTHROUGH_STATE_DIR`, else
+/// /var/lib/gpu-passthrough.
+pub fn state_dir_from_env() -> PathBuf {
+    crate::env_path(STATE_DIR_ENV).unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR))
+}
+
+/// The ledger directory of a state directory.
+pub fn usage_dir(state_dir: &Path) -> PathBuf {
+    state_dir.join("usage")
+}
+
+/// What happened to a domain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Event {
+    /// `started begin`: qemu runs, the devices are the VM's.
+    Start,
+    /// `release end`: the VM is gone.
+    Stop,
+    /// `reconnect begin`: the daemon restarted and found the VM running.
+    Running,
+    /// The hook refused the start.
+    Refused,
+}
+
+/// One GPU of a record: a display-class function among the domain's host devices.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
+pub struct GpuRef {
+    pub address: String,
+    pub vendor_id: String,
+    pub device_id: String,
+    pub model: Option<String>,
+}
+
+/// One line of the ledger.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Record {
+    /// RFC 3339, UTC.
+    pub ts: String,
+    pub event: Event,
+    pub host: String,
+    pub domain: String,
+    pub domain_uuid: Option<String>,
+    /// The Nova instance uuid (the domain uuid) when Nova's metadata is there.
+    pub instance_id: Option<String>,
+    pub instance_name: Option<String>,
+    pub project_id: Option<String>,
+    pub project_name: Option<String>,
+    pub user_id: Option<String>,
+    pub user_name: Option<String>,
+    pub flavor_name: Option<String>,
+    pub gpus: Vec<GpuRef>,
+    /// `refused`: the names of the failing checks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checks: Option<Vec<String>>,
+    /// A `stop` written by `metrics` for a domain gone without one (a host crash).
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub lost: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl Record {
+    /// A record of `event` for `domain` now. `gpus`: its display-class host functions.
+    pub fn new(
+        event: Event,
+        host: &str,
+        domain: &Domain,
+        gpus: Vec<GpuRef>,
+        at: Timestamp,
+    ) -> Self {
+        let nova = domain.nova.clone().unwrap_or_default();
+        Record {
+            ts: format_ts(at),
+            event,
+            host: host.to_owned(),
+            domain: domain.name.clone(),
+            domain_uuid: domain.uuid.clone(),
+            instance_id: domain.nova.as_ref().and(domain.uuid.clone()),
+            instance_name: nova.name,
+            project_id: nova.project_id,
+            project_name: nova.project,
+            user_id: nova.user_id,
+            user_name: nova.user,
+            flavor_name: nova.flavor,
+            gpus,
+            checks: None,
+            lost: false,
+        }
+    }
+
+    /// The record's time.
+    pub fn time(&self) -> Option<Timestamp> {
+        self.ts.parse().ok()
+    }
+
+    /// What identifies the domain across records: its uuid, else host and name.
+    fn domain_key(&self) -> (String, String) {
+        match &self.domain_uuid {
+            Some(uuid) => (String::new(), uuid.clone()),
+            None => (self.host.clone(), self.domain.clone()),
+        }
+    }
+}
+
+/// RFC 3339 in UTC, to the second: `2026-11-26T15:33:23Z`.
+pub fn format_ts(at: Timestamp) -> String {
+    let secs = at.as_second();
+    Timestamp::from_second(secs)
+        .expect("a whole second of a valid timestamp is valid")
+        .to_string()
+}
+
+/// The display-class functions among `domain`'s host devices, with names from
+/// `pci_ids` when given. A function sysfs cannot tell about is left out.
+pub fn gpus_of(domain: &Domain, sysfs: &Path, pci_ids: Option<&str>) -> Vec<GpuRef> {
+    let mut out = Vec::new();
+    for h in &domain.hostdevs {
+        let Ok(f) = pci::PciFunction::read(sysfs, h.address) else {
+            continue;
+        };
+        if pci::base_class(f.class) != pci::CLASS_DISPLAY {
+            continue;
+        }
+        out.push(GpuRef {
+            address: h.address.to_string(),
+            vendor_id: format!("{:04x}", f.vendor_id),
+            device_id: format!("{:04x}", f.device_id),
+            model: pci_ids.and_then(|t| crate::pciids::lookup_in(t, f.vendor_id, f.device_id)),
+        });
+    }
+    out
+}
+
+/// The host name for records: `$GPU_PASSTHROUGH_HOSTNAME`, else the kernel's node name
+/// (`uname -n`, from PROC/sys/kernel/hostname).
+pub fn hostname(proc_root: &Path) -> String {
+    if let Ok(name) = std::env::var(HOSTNAME_ENV) {
+        if !name.is_empty() {
+            return name;
+        }
+    }
+    std::fs::read_to_string(proc_root.join("sys/kernel/hostname"))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|_| "unknown".to_owned())
+}
+
+/// Append `record` to its month's file under `usage_dir`, in one write, then fsync.
+pub fn append(usage_dir: &Path, record: &Record) -> io::Result<PathBuf> {
+    let month = record
+        .ts
+        .get(..7)
+        .filter(|m| m.len() == 7)
+        .unwrap_or("unknown");
+    std::fs::create_dir_all(usage_dir).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot create {}: {e}", usage_dir.display()),
+        )
+    })?;
+    let path = usage_dir.join(format!("{month}.jsonl"));
+    let mut line = serde_json::to_vec(record).map_err(io::Error::other)?;
+    line.push(b'\n');
+    let result = (|| {
+        let mut file = OpenOptions::new()
+            .append(true)
+            .create(true)
+            .mode(0o644)
+            .open(&path)?;
+        // One write: O_APPEND makes it land whole at the end, whatever else appends.
+        let n = file.write(&line)?;
+        if n != line.len() {
+            return Err(io::Error::new(
+                io::ErrorKind::WriteZero,
+                format!("only {n} of {} bytes written", line.len()),
+            ));
+        }
+        file.sync_data()
+    })();
+    result.map(|()| path.clone()).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot append to {}: {e}", path.display()),
+        )
+    })
+}
+
+/// The ledger files: `path` itself if it is a file, else its `*.jsonl`, in name order
+/// (which is time order).
+pub fn files(path: &Path) -> io::Result<Vec<PathBuf>> {
+    if path.is_file() {
+        return Ok(vec![path.to_owned()]);
+    }
+    let mut out: Vec<PathBuf> = match std::fs::read_dir(path) {
+        Ok(entries) => entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect(),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("cannot read the ledger {}: {e}", path.display()),
+            ))
+        }
+    };
+    out.sort();
+    Ok(out)
+}
+
+/// Every record of the ledger at `path`, in file order, and a message per line that is
+/// not a record (a torn line after a crash, a hand edit): those are skipped.
+pub fn read(path: &Path) -> io::Result<(Vec<Record>, Vec<String>)> {
+    let mut records = Vec::new();
+    let mut problems = Vec::new();
+    for file in files(path)? {
+        let text = std::fs::read(&file).map_err(|e| {
+            io::Error::new(e.kind(), format!("cannot read {}: {e}", file.display()))
+        })?;
+        for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+            if line.iter().all(u8::is_ascii_whitespace) {
+                continue;
+            }
+            match serde_json::from_slice::<Record>(line) {
+                Ok(r) if r.time().is_some() => records.push(r),
+                Ok(r) => problems.push(format!(
+                    "{}:{}: ts {:?} is not an RFC 3339 time; line skipped",
+                    file.display(),
+                    i + 1,
+                    r.ts
+                )),
+                Err(e) => problems.push(format!(
+                    "{}:{}: not a ledger record ({e}); line skipped",
+                    file.display(),
+                    i + 1
+                )),
+            }
+        }
+    }
+    Ok((records, problems))
+}
+
+/// A span of GPU use: one domain from `start` to `end` (`None`: still open).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Interval {
+    pub start: Timestamp,
+    pub end: Option<Timestamp>,
+    /// The record that opened it: who, which GPUs.
+    pub record: Record,
+}
+
+/// The intervals the records make, in the order they opened.
+pub fn intervals(records: &[Record]) -> Vec<Interval> {
+    let mut sorted: Vec<&Record> = records.iter().collect();
+    // Stable: records of one second keep their file order.
+    sorted.sort_by_key(|r| r.time());
+    let mut open: BTreeMap<(String, String), usize> = BTreeMap::new();
+    let mut out: Vec<Interval> = Vec::new();
+    for r in sorted {
+        let Some(at) = r.time() else { continue };
+        let key = r.domain_key();
+        match r.event {
+            Event::Start => {
+                // A start while one is open: the stop went missing; the old one ends here.
+                if let Some(i) = open.remove(&key) {
+                    out[i].end = Some(at);
+                }
+                open.insert(key, out.len());
+                out.push(Interval {
+                    start: at,
+                    end: None,
+                    record: r.clone(),
+                });
+            }
+            Event::Running => {
+                if let std::collections::btree_map::Entry::Vacant(slot) = open.entry(key) {
+                    slot.insert(out.len());
+                    out.push(Interval {
+                        start: at,
+                        end: None,
+                        record: r.clone(),
+                    });
+                }
+            }
+            Event::Stop => {
+                if let Some(i) = open.remove(&key) {
+                    out[i].end = Some(at.max(out[i].start));
+                }
+            }
+            Event::Refused => {}
+        }
+    }
+    out
+}
+
+/// The domains whose interval is still open: (domain name, uuid) of each.
+pub fn open_intervals(records: &[Record]) -> Vec<Interval> {
+    intervals(records)
+        .into_iter()
+        .filter(|i| i.end.is_none())
+        .collect()
+}
+
+/// The file that holds the last heartbeat of `metrics`: one RFC 3339 line.
+pub fn heartbeat_path(usage_dir: &Path) -> PathBuf {
+    usage_dir.join("heartbeat")
+}
+
+/// The last heartbeat, if there is a readable one.
+pub fn read_heartbeat(usage_dir: &Path) -> Option<Timestamp> {
+    std::fs::read_to_string(heartbeat_path(usage_dir))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Which address a record's GPU is, for readers that want a `PciAddress`.
+pub fn gpu_address(g: &GpuRef) -> Option<PciAddress> {
+    g.address.parse().ok()
+}
+
+type Fields = Vec<(&'static str, Option<String>)>;
+
+/// What `usage` groups GPU time by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Project,
+    User,
+    Flavor,
+    Model,
+    Instance,
+    Gpu,
+}
+
+impl Key {
+    /// The ledger fields a key brings into a row, as named in the ledger.
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Key::Project => &["project_id", "project_name"],
+            Key::User => &["user_id", "user_name"],
+            Key::Flavor => &["flavor_name"],
+            Key::Model => &["vendor_id", "device_id", "model"],
+            Key::Instance => &["instance_id", "instance_name", "project_name"],
+            Key::Gpu => &["address", "model"],
+        }
+    }
+
+    /// Whether the key tells GPUs of one record apart.
+    fn per_gpu(self) -> bool {
+        matches!(self, Key::Model | Key::Gpu)
+    }
+}
+
+/// One row of `usage`: the key fields (in order, without repeats) and the figures.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UsageRow {
+    pub fields: Vec<(&'static str, Option<String>)>,
+    pub gpu_hours: f64,
+    pub refusals: u64,
+    pub refusals_by_check: BTreeMap<String, u64>,
+}
+
+/// The key fields of `keys` for a record (and one of its GPUs).
+fn key_fields(
+    keys: &[Key],
+    r: &Record,
+    gpu: Option<&GpuRef>,
+) -> Vec<(&'static str, Option<String>)> {
+    let mut out: Vec<(&'static str, Option<String>)> = Vec::new();
+    for key in keys {
+        for field in key.fields() {
+            if out.iter().any(|(f, _)| f == field) {
+                continue;
+            }
+            let value = match *field {
+                "project_id" => r.project_id.clone(),
+                "project_name" => r.project_name.clone(),
+                "user_id" => r.user_id.clone(),
+                "user_name" => r.user_name.clone(),
+                "flavor_name" => r.flavor_name.clone(),
+                "instance_id" => r.instance_id.clone(),
+                "instance_name" => r.instance_name.clone(),
+                "vendor_id" => gpu.map(|g| g.vendor_id.clone()),
+                "device_id" => gpu.map(|g| g.device_id.clone()),
+                "model" => gpu.and_then(|g| g.model.clone()),
+                "address" => gpu.map(|g| g.address.clone()),
+                _ => None,
+            };
+            out.push((field, value));
+        }
+    }
+    out
+}
+
+/// GPU-hours per key combination over `[since, until)`, intervals clipped to the
+/// window, open intervals counted up to `now`; refusals in the window per check.
+pub fn usage(
+    records: &[Record],
+    keys: &[Key],
+    since: Timestamp,
+    until: Timestamp,
+    now: Timestamp,
+) -> Vec<UsageRow> {
+    let per_gpu = keys.iter().any(|k| k.per_gpu());
+    let mut rows: BTreeMap<Fields, UsageRow> = BTreeMap::new();
+    fn row(rows: &mut BTreeMap<Fields, UsageRow>, fields: Fields) -> &mut UsageRow {
+        rows.entry(fields.clone()).or_insert_with(|| UsageRow {
+            fields,
+            gpu_hours: 0.0,
+            refusals: 0,
+            refusals_by_check: BTreeMap::new(),
+        })
+    }
+    let end_of_window = until.min(now);
+    for interval in intervals(records) {
+        let start = interval.start.max(since);
+        let end = interval.end.unwrap_or(now).min(end_of_window);
+        if end <= start {
+            continue;
+        }
+        let hours = end.duration_since(start).as_secs_f64() / 3600.0;
+        let r = &interval.record;
+        if per_gpu {
+            for g in &r.gpus {
+                row(&mut rows, key_fields(keys, r, Some(g))).gpu_hours += hours;
+            }
+        } else if !r.gpus.is_empty() {
+            row(&mut rows, key_fields(keys, r, None)).gpu_hours += hours * r.gpus.len() as f64;
+        }
+    }
+    for r in records.iter().filter(|r| r.event == Event::Refused) {
+        let Some(at) = r.time() else { continue };
+        if at < since || at >= until {
+            continue;
+        }
+        let mut combos: Vec<Fields> = if per_gpu && !r.gpus.is_empty() {
+            r.gpus
+                .iter()
+                .map(|g| key_fields(keys, r, Some(g)))
+                .collect()
+        } else {
+            vec![key_fields(keys, r, None)]
+        };
+        combos.dedup();
+        for fields in combos {
+            let entry = row(&mut rows, fields);
+            entry.refusals += 1;
+            for check in r.checks.iter().flatten() {
+                *entry.refusals_by_check.entry(check.clone()).or_default() += 1;
+            }
+        }
+    }
+    rows.into_values().collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(ts: &str, event: Event, domain: &str) -> Record {
+        Record {
+            ts: ts.into(),
+            event,
+            host: "h".into(),
+            domain: domain.into(),
+            domain_uuid: Some(format!("uuid-{domain}")),
+            instance_id: None,
+            instance_name: None,
+            project_id: Some("p".into()),
+            project_name: Some("proj".into()),
+            user_id: None,
+            user_name: None,
+            flavor_name: None,
+            gpus: vec![],
+            checks: None,
+            lost: false,
+        }
+    }
+
+    fn t(s: &str) -> Timestamp {
+        s.parse().expect("timestamp")
+    }
+
+    #[test]
+    fn intervals_open_close_and_ignore_stray_stops() {
+        let records = vec![
+            rec("2026-11-01T00:00:00Z", Event::Stop, "a"), // after a refused start
+            rec("2026-11-01T01:00:00Z", Event::Start, "a"),
+            rec("2026-11-01T01:30:00Z", Event::Running, "a"), // libvirtd restarted
+            rec("2026-11-01T03:00:00Z", Event::Stop, "a"),
+            rec("2026-11-01T02:00:00Z", Event::Running, "b"), // started before the ledger
+            rec("2026-11-01T04:00:00Z", Event::Refused, "c"),
+        ];
+        let got: Vec<(String, Timestamp, Option<Timestamp>)> = intervals(&records)
+            .into_iter()
+            .map(|i| (i.record.domain, i.start, i.end))
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    "a".into(),
+                    t("2026-11-01T01:00:00Z"),
+                    Some(t("2026-11-01T03:00:00Z"))
+                ),
+                ("b".into(), t("2026-11-01T02:00:00Z"), None),
+            ]
+        );
+    }
+
+    #[test]
+    fn records_append_one_line_each_by_month_and_read_back() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let usage = usage_dir(dir.path());
+        let a = rec("2026-10-31T23:59:59Z", Event::Start, "a");
+        let b = rec("2026-11-01T00:00:00Z", Event::Stop, "a");
+        assert_eq!(append(&usage, &a).expect("a"), usage.join("2026-10.jsonl"));
+        assert_eq!(append(&usage, &b).expect("b"), usage.join("2026-11.jsonl"));
+        std::fs::write(usage.join("2026-12.jsonl"), "{\"torn\n").expect("write");
+        let (records, problems) = read(&usage).expect("read");
+        assert_eq!(records, vec![a, b]);
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].contains("2026-12.jsonl:1: not a ledger record"),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn usage_clips_to_the_window_counts_open_ones_to_now_and_refusals_per_check() {
+        let gpu = |a: &str| GpuRef {
+            address: a.into(),
+            vendor_id: "10de".into(),
+            device_id: "1b02".into(),
+            model: Some("TITAN Xp".into()),
+        };
+        let mut a_start = rec("2026-10-31T22:00:00Z", Event::Start, "a");
+        a_start.gpus = vec![gpu("0000:18:00.0"), gpu("0000:86:00.0")];
+        let mut a_stop = a_start.clone();
+        a_stop.ts = "2026-11-01T03:00:00Z".into();
+        a_stop.event = Event::Stop;
+        let mut b_start = rec("2026-11-01T10:00:00Z", Event::Start, "b");
+        b_start.project_id = Some("q".into());
+        b_start.project_name = Some("other".into());
+        b_start.gpus = vec![gpu("0000:3b:00.0")];
+        let mut refused = b_start.clone();
+        refused.event = Event::Refused;
+        refused.ts = "2026-11-01T09:00:00Z".into();
+        refused.checks = Some(vec!["memory".into(), "booking".into()]);
+        let records = vec![a_start, a_stop, b_start, refused];
+        let rows = usage(
+            &records,
+            &[Key::Project],
+            t("2026-11-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            t("2026-11-01T12:30:00Z"),
+        );
+        type Row = (Fields, f64, u64, Vec<(String, u64)>);
+        let got: Vec<Row> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.fields,
+                    r.gpu_hours,
+                    r.refusals,
+                    r.refusals_by_check.into_iter().collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                (
+                    vec![
+                        ("project_id", Some("p".into())),
+                        ("project_name", Some("proj".into()))
+                    ],
+                    6.0, // 3 h in the window, 2 GPUs
+                    0,
+                    vec![]
+                ),
+                (
+                    vec![
+                        ("project_id", Some("q".into())),
+                        ("project_name", Some("other".into()))
+                    ],
+                    2.5, // running: up to now
+                    1,
+                    vec![("booking".into(), 1), ("memory".into(), 1)]
+                ),
+            ]
+        );
+        let by_gpu = usage(
+            &records,
+            &[Key::Gpu],
+            t("2026-10-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            t("2026-11-01T12:30:00Z"),
+        );
+        let hours: Vec<(Option<String>, f64)> = by_gpu
+            .iter()
+            .map(|r| (r.fields[0].1.clone(), r.gpu_hours))
+            .collect();
+        assert_eq!(
+            hours,
+            vec![
+                (Some("0000:18:00.0".into()), 5.0),
+                (Some("0000:3b:00.0".into()), 2.5),
+                (Some("0000:86:00.0".into()), 5.0)
+            ]
+        );
+    }
+
+    #[test]
+    fn timestamps_are_utc_seconds() {
+        assert_eq!(
+            format_ts(t("2026-11-26T16:33:23.75+01:00")),
+            "2026-11-26T15:33:23Z"
+        );
+    }
+}
