@@ -64,6 +64,7 @@ install:
 	install -D -m 0644 rpm/gpu-passthrough.cil $(DESTDIR)$(DATADIR)/gpu-passthrough/gpu-passthrough.cil
 	install -D -m 0644 rpm/gpu-passthrough-metrics.service $(DESTDIR)$(UNITDIR)/gpu-passthrough-metrics.service
 	install -D -m 0644 rpm/gpu-passthrough-metrics.timer $(DESTDIR)$(UNITDIR)/gpu-passthrough-metrics.timer
+	install -D -m 0644 rpm/grafana/gpu-passthrough.json $(DESTDIR)$(DATADIR)/gpu-passthrough/grafana/gpu-passthrough.json
 	install -d -m 0755 $(DESTDIR)$(MANDIR)/man8 $(DESTDIR)$(STATEDIR)/gpu-passthrough
 	$(BIN_DIR)/gpu-passthrough man $(DESTDIR)$(MANDIR)/man8
 

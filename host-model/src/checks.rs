@@ -54,6 +54,21 @@ impl fmt::Display for Severity {
     }
 }
 
+/// Every check's name, as findings, refusals in the ledger and metrics spell them.
+pub const CHECK_NAMES: [&str; 11] = [
+    "iommu",
+    "device",
+    "driver",
+    "iommu-group",
+    "in-use",
+    "memory",
+    "hard-limit",
+    "hugepages",
+    "balloon",
+    "host-state",
+    "booking",
+];
+
 /// One verdict.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Finding {

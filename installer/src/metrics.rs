@@ -218,7 +218,12 @@ pub fn render(
         "counter",
         "VM starts the hook refused, per failing check, from the usage ledger.",
     );
-    let mut per_check: BTreeMap<&str, u64> = BTreeMap::new();
+    // Every check has its series from the start, at 0: a counter that appears only
+    // at its first refusal would show no increase in PromQL.
+    let mut per_check: BTreeMap<&str, u64> = host_model::checks::CHECK_NAMES
+        .iter()
+        .map(|c| (*c, 0))
+        .collect();
     for r in records.iter().filter(|r| r.event == Event::Refused) {
         let checks: BTreeSet<&str> = r.checks.iter().flatten().map(String::as_str).collect();
         for c in checks {

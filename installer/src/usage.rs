@@ -116,9 +116,9 @@ fn json_rows(rows: &[UsageRow]) -> Vec<serde_json::Value> {
         .collect()
 }
 
-/// Hours to the millihour (3.6 s): the ledger is to the second.
+/// Hours to the microhour (3.6 ms): the ledger is to the second.
 fn round(hours: f64) -> f64 {
-    (hours * 1000.0).round() / 1000.0
+    (hours * 1e6).round() / 1e6
 }
 
 fn field_names(keys: &[Key]) -> Vec<&'static str> {

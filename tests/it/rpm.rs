@@ -129,6 +129,7 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
         "/usr/share/gpu-passthrough/gpu-passthrough.cil",
         "/usr/lib/systemd/system/gpu-passthrough-metrics.service",
         "/usr/lib/systemd/system/gpu-passthrough-metrics.timer",
+        "/usr/share/gpu-passthrough/grafana/gpu-passthrough.json",
         "/usr/share/man/man8/gpu-passthrough-install.8.gz",
         "/usr/share/licenses/gpu-passthrough-0.1.0/LICENSE-MIT",
         "/usr/share/doc/gpu-passthrough-0.1.0/README.md",
