@@ -53,6 +53,7 @@ demo: setup build
 bench: build
 	bench/wrapper-startup
 	$(CARGO) bench -p integration-tests --bench hook --locked
+	$(CARGO) bench -p integration-tests --bench usage --locked
 
 # Installs what BIN_DIR holds; builds nothing (the spec builds first, or packages
 # prebuilt binaries). The man pages come from the CLI's own definition (clap_mangen).

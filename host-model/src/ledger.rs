@@ -14,7 +14,8 @@
 //! `gpu-passthrough metrics` closes such intervals with a `"lost": true` stop at the last
 //! heartbeat before the crash.
 
-use std::collections::BTreeMap;
+use std::borrow::Cow;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::OpenOptions;
 use std::io::{self, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -132,10 +133,10 @@ impl Record {
     }
 
     /// What identifies the domain across records: its uuid, else host and name.
-    fn domain_key(&self) -> (String, String) {
+    fn domain_key(&self) -> (&str, &str) {
         match &self.domain_uuid {
-            Some(uuid) => (String::new(), uuid.clone()),
-            None => (self.host.clone(), self.domain.clone()),
+            Some(uuid) => ("", uuid.as_str()),
+            None => (self.host.as_str(), self.domain.as_str()),
         }
     }
 }
@@ -249,73 +250,174 @@ pub fn files(path: &Path) -> io::Result<Vec<PathBuf>> {
 /// not a record (a torn line after a crash, a hand edit): those are skipped.
 pub fn read(path: &Path) -> io::Result<(Vec<Record>, Vec<String>)> {
     let mut records = Vec::new();
+    let problems = read_lines(path, false, |_, line| {
+        if let Line::Full(r) = line {
+            records.push(*r);
+        }
+    })?;
+    Ok((records, problems))
+}
+
+/// Feed the whole ledger at `path` to `tally`, in time order (files in name order,
+/// which is month order; each file's records sorted, stably), holding no more than a
+/// few files' records at once: a year is a dozen files of several megabytes, parsed on
+/// every core. Returns a message per line that is not a record.
+pub fn read_into(path: &Path, tally: &mut Tally) -> io::Result<Vec<String>> {
+    read_lines(path, true, |at, line| match line {
+        Line::Full(r) => tally.feed(at, *r),
+        Line::Stop(key) => tally.close(at, key),
+    })
+}
+
+/// A ledger line as a reader needs it. A `stop` only closes an interval, so a lean
+/// read keeps just its domain.
+enum Line {
+    // Boxed: a file's lines are sorted, and moving small items is cheap.
+    Full(Box<Record>),
+    Stop((String, String)),
+}
+
+/// A `stop` line, borrowed from the file's bytes: no allocation for half the ledger.
+#[derive(Deserialize)]
+struct StopLine<'a> {
+    #[serde(borrow)]
+    ts: Cow<'a, str>,
+    #[serde(borrow)]
+    host: Cow<'a, str>,
+    #[serde(borrow)]
+    domain: Cow<'a, str>,
+    #[serde(borrow, default)]
+    domain_uuid: Option<Cow<'a, str>>,
+}
+
+fn read_lines(
+    path: &Path,
+    lean: bool,
+    mut each: impl FnMut(Timestamp, Line),
+) -> io::Result<Vec<String>> {
+    let files = files(path)?;
+    let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
     let mut problems = Vec::new();
-    for file in files(path)? {
-        let text = std::fs::read(&file).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot read {}: {e}", file.display()))
-        })?;
-        for (i, line) in text.split(|&b| b == b'\n').enumerate() {
-            if line.iter().all(u8::is_ascii_whitespace) {
-                continue;
-            }
-            match serde_json::from_slice::<Record>(line) {
-                Ok(r) if r.time().is_some() => records.push(r),
-                Ok(r) => problems.push(format!(
-                    "{}:{}: ts {:?} is not an RFC 3339 time; line skipped",
-                    file.display(),
-                    i + 1,
-                    r.ts
-                )),
-                Err(e) => problems.push(format!(
-                    "{}:{}: not a ledger record ({e}); line skipped",
-                    file.display(),
-                    i + 1
-                )),
+    for batch in files.chunks(workers.max(1)) {
+        let parsed: Vec<io::Result<FileLines>> = std::thread::scope(|scope| {
+            let handles: Vec<_> = batch
+                .iter()
+                .map(|file| scope.spawn(move || read_file(file, lean)))
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a ledger reader does not panic"))
+                .collect()
+        });
+        for result in parsed {
+            let (mut lines, p) = result?;
+            problems.extend(p);
+            lines.sort_by_key(|(t, _)| *t);
+            for (t, line) in lines {
+                each(t, line);
             }
         }
     }
-    Ok((records, problems))
+    Ok(problems)
+}
+
+type FileLines = (Vec<(Timestamp, Line)>, Vec<String>);
+
+/// One ledger file's lines with their times, and a message per line that is not a
+/// record.
+fn read_file(file: &Path, lean: bool) -> io::Result<FileLines> {
+    const STOP: &[u8] = br#""event":"stop""#;
+    let mut problems = Vec::new();
+    let text = std::fs::read(file)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", file.display())))?;
+    let mut lines = Vec::with_capacity(text.iter().filter(|&&b| b == b'\n').count() + 1);
+    let bad_ts = |i: usize, ts: &str| {
+        format!(
+            "{}:{}: ts {ts:?} is not an RFC 3339 time; line skipped",
+            file.display(),
+            i + 1
+        )
+    };
+    let not_a_record = |i: usize, e: serde_json::Error| {
+        format!(
+            "{}:{}: not a ledger record ({e}); line skipped",
+            file.display(),
+            i + 1
+        )
+    };
+    for (i, line) in text.split(|&b| b == b'\n').enumerate() {
+        if line.iter().all(u8::is_ascii_whitespace) {
+            continue;
+        }
+        // A JSON string holds no bare quotes: these bytes are the event itself.
+        if lean && line.windows(STOP.len()).any(|w| w == STOP) {
+            match serde_json::from_slice::<StopLine<'_>>(line) {
+                Ok(stop) => match stop.ts.parse::<Timestamp>() {
+                    Ok(at) => {
+                        let key = match stop.domain_uuid {
+                            Some(uuid) => (String::new(), uuid.into_owned()),
+                            None => (stop.host.into_owned(), stop.domain.into_owned()),
+                        };
+                        lines.push((at, Line::Stop(key)));
+                    }
+                    Err(_) => problems.push(bad_ts(i, &stop.ts)),
+                },
+                Err(e) => problems.push(not_a_record(i, e)),
+            }
+            continue;
+        }
+        match serde_json::from_slice::<Record>(line) {
+            Ok(r) => match r.time() {
+                Some(at) => lines.push((at, Line::Full(Box::new(r)))),
+                None => problems.push(bad_ts(i, &r.ts)),
+            },
+            Err(e) => problems.push(not_a_record(i, e)),
+        }
+    }
+    Ok((lines, problems))
 }
 
 /// A span of GPU use: one domain from `start` to `end` (`None`: still open).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Interval {
+pub struct Interval<'r> {
     pub start: Timestamp,
     pub end: Option<Timestamp>,
     /// The record that opened it: who, which GPUs.
-    pub record: Record,
+    pub record: &'r Record,
 }
 
 /// The intervals the records make, in the order they opened.
-pub fn intervals(records: &[Record]) -> Vec<Interval> {
-    let mut sorted: Vec<&Record> = records.iter().collect();
-    // Stable: records of one second keep their file order.
-    sorted.sort_by_key(|r| r.time());
-    let mut open: BTreeMap<(String, String), usize> = BTreeMap::new();
-    let mut out: Vec<Interval> = Vec::new();
-    for r in sorted {
-        let Some(at) = r.time() else { continue };
+pub fn intervals(records: &[Record]) -> Vec<Interval<'_>> {
+    // Each time parsed once; the sort is stable, so records of one second keep their
+    // file order.
+    let mut timed: Vec<(Timestamp, &Record)> = records
+        .iter()
+        .filter_map(|r| r.time().map(|t| (t, r)))
+        .collect();
+    timed.sort_by_key(|(t, _)| *t);
+    let mut open: HashMap<(&str, &str), usize> = HashMap::new();
+    let mut out: Vec<Interval<'_>> = Vec::new();
+    for (at, r) in timed {
         let key = r.domain_key();
         match r.event {
             Event::Start => {
                 // A start while one is open: the stop went missing; the old one ends here.
-                if let Some(i) = open.remove(&key) {
+                if let Some(i) = open.insert(key, out.len()) {
                     out[i].end = Some(at);
                 }
-                open.insert(key, out.len());
                 out.push(Interval {
                     start: at,
                     end: None,
-                    record: r.clone(),
+                    record: r,
                 });
             }
             Event::Running => {
-                if let std::collections::btree_map::Entry::Vacant(slot) = open.entry(key) {
+                if let std::collections::hash_map::Entry::Vacant(slot) = open.entry(key) {
                     slot.insert(out.len());
                     out.push(Interval {
                         start: at,
                         end: None,
-                        record: r.clone(),
+                        record: r,
                     });
                 }
             }
@@ -330,8 +432,8 @@ pub fn intervals(records: &[Record]) -> Vec<Interval> {
     out
 }
 
-/// The domains whose interval is still open: (domain name, uuid) of each.
-pub fn open_intervals(records: &[Record]) -> Vec<Interval> {
+/// The intervals still open: running domains, or ones gone without a `stop`.
+pub fn open_intervals(records: &[Record]) -> Vec<Interval<'_>> {
     intervals(records)
         .into_iter()
         .filter(|i| i.end.is_none())
@@ -430,17 +532,32 @@ fn key_fields(
     out
 }
 
-/// GPU-hours per key combination over `[since, until)`, intervals clipped to the
-/// window, open intervals counted up to `now`; refusals in the window per check.
-pub fn usage(
-    records: &[Record],
-    keys: &[Key],
+/// GPU-hours and refusals per key combination over a window, fed record by record in
+/// time order (see [`read_each`]): intervals clipped to `[since, until)`, those still
+/// open counted up to `now`, refusals in the window per check. Only open intervals are
+/// kept, so a year of ledger passes through in little memory.
+#[derive(Debug)]
+pub struct Tally {
+    keys: Vec<Key>,
     since: Timestamp,
     until: Timestamp,
     now: Timestamp,
-) -> Vec<UsageRow> {
-    let per_gpu = keys.iter().any(|k| k.per_gpu());
-    let mut rows: BTreeMap<Fields, UsageRow> = BTreeMap::new();
+    rows: BTreeMap<Fields, UsageRow>,
+    open: HashMap<(String, String), (Timestamp, Record)>,
+}
+
+impl Tally {
+    pub fn new(keys: &[Key], since: Timestamp, until: Timestamp, now: Timestamp) -> Self {
+        Tally {
+            keys: keys.to_vec(),
+            since,
+            until,
+            now,
+            rows: BTreeMap::new(),
+            open: HashMap::new(),
+        }
+    }
+
     fn row(rows: &mut BTreeMap<Fields, UsageRow>, fields: Fields) -> &mut UsageRow {
         rows.entry(fields.clone()).or_insert_with(|| UsageRow {
             fields,
@@ -449,46 +566,135 @@ pub fn usage(
             refusals_by_check: BTreeMap::new(),
         })
     }
-    let end_of_window = until.min(now);
-    for interval in intervals(records) {
-        let start = interval.start.max(since);
-        let end = interval.end.unwrap_or(now).min(end_of_window);
+
+    fn per_gpu(&self) -> bool {
+        self.keys.iter().any(|k| k.per_gpu())
+    }
+
+    /// Add the GPU time of `r` from `start` to `end`, clipped to the window.
+    fn add(
+        rows: &mut BTreeMap<Fields, UsageRow>,
+        tally: (&[Key], bool, Timestamp, Timestamp),
+        start: Timestamp,
+        end: Timestamp,
+        r: &Record,
+    ) {
+        let (keys, per_gpu, since, end_of_window) = tally;
+        let start = start.max(since);
+        let end = end.min(end_of_window);
         if end <= start {
-            continue;
+            return;
         }
         let hours = end.duration_since(start).as_secs_f64() / 3600.0;
-        let r = &interval.record;
         if per_gpu {
             for g in &r.gpus {
-                row(&mut rows, key_fields(keys, r, Some(g))).gpu_hours += hours;
+                Self::row(rows, key_fields(keys, r, Some(g))).gpu_hours += hours;
             }
         } else if !r.gpus.is_empty() {
-            row(&mut rows, key_fields(keys, r, None)).gpu_hours += hours * r.gpus.len() as f64;
+            Self::row(rows, key_fields(keys, r, None)).gpu_hours += hours * r.gpus.len() as f64;
         }
     }
-    for r in records.iter().filter(|r| r.event == Event::Refused) {
-        let Some(at) = r.time() else { continue };
-        if at < since || at >= until {
-            continue;
-        }
-        let mut combos: Vec<Fields> = if per_gpu && !r.gpus.is_empty() {
-            r.gpus
-                .iter()
-                .map(|g| key_fields(keys, r, Some(g)))
-                .collect()
-        } else {
-            vec![key_fields(keys, r, None)]
-        };
-        combos.dedup();
-        for fields in combos {
-            let entry = row(&mut rows, fields);
-            entry.refusals += 1;
-            for check in r.checks.iter().flatten() {
-                *entry.refusals_by_check.entry(check.clone()).or_default() += 1;
+
+    /// The next record, at `at`.
+    pub fn feed(&mut self, at: Timestamp, r: Record) {
+        let window = (
+            self.keys.as_slice(),
+            self.per_gpu(),
+            self.since,
+            self.until.min(self.now),
+        );
+        let (a, b) = r.domain_key();
+        let key = (a.to_owned(), b.to_owned());
+        match r.event {
+            Event::Start => {
+                // A start while one is open: the stop went missing; the old one ends here.
+                if let Some((start, old)) = self.open.insert(key, (at, r)) {
+                    Self::add(&mut self.rows, window, start, at, &old);
+                }
+            }
+            Event::Running => {
+                self.open.entry(key).or_insert((at, r));
+            }
+            Event::Stop => self.close(at, key),
+            Event::Refused => {
+                if at < self.since || at >= self.until {
+                    return;
+                }
+                let mut combos: Vec<Fields> = if self.per_gpu() && !r.gpus.is_empty() {
+                    r.gpus
+                        .iter()
+                        .map(|g| key_fields(&self.keys, &r, Some(g)))
+                        .collect()
+                } else {
+                    vec![key_fields(&self.keys, &r, None)]
+                };
+                combos.dedup();
+                for fields in combos {
+                    let entry = Self::row(&mut self.rows, fields);
+                    entry.refusals += 1;
+                    for check in r.checks.iter().flatten() {
+                        *entry.refusals_by_check.entry(check.clone()).or_default() += 1;
+                    }
+                }
             }
         }
     }
-    rows.into_values().collect()
+
+    /// A `stop` of the domain `key` (see `Record::domain_key`) at `at`.
+    fn close(&mut self, at: Timestamp, key: (String, String)) {
+        if let Some((start, opened)) = self.open.remove(&key) {
+            let window = (
+                self.keys.as_slice(),
+                self.per_gpu(),
+                self.since,
+                self.until.min(self.now),
+            );
+            Self::add(&mut self.rows, window, start, at.max(start), &opened);
+        }
+    }
+
+    /// The intervals still open: (start, the record that opened it), oldest first.
+    pub fn open(&self) -> Vec<(Timestamp, &Record)> {
+        let mut open: Vec<(Timestamp, &Record)> =
+            self.open.values().map(|(t, r)| (*t, r)).collect();
+        open.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.domain.cmp(&b.1.domain)));
+        open
+    }
+
+    /// The rows, open intervals counted up to now.
+    pub fn rows(&self) -> Vec<UsageRow> {
+        let mut rows = self.rows.clone();
+        let window = (
+            self.keys.as_slice(),
+            self.per_gpu(),
+            self.since,
+            self.until.min(self.now),
+        );
+        for (start, r) in self.open.values() {
+            Self::add(&mut rows, window, *start, self.now, r);
+        }
+        rows.into_values().collect()
+    }
+}
+
+/// GPU-hours per key combination over `[since, until)` of `records` (any order).
+pub fn usage(
+    records: &[Record],
+    keys: &[Key],
+    since: Timestamp,
+    until: Timestamp,
+    now: Timestamp,
+) -> Vec<UsageRow> {
+    let mut timed: Vec<(Timestamp, &Record)> = records
+        .iter()
+        .filter_map(|r| r.time().map(|t| (t, r)))
+        .collect();
+    timed.sort_by_key(|(t, _)| *t);
+    let mut tally = Tally::new(keys, since, until, now);
+    for (t, r) in timed {
+        tally.feed(t, r.clone());
+    }
+    tally.rows()
 }
 
 #[cfg(test)]
@@ -531,7 +737,7 @@ mod tests {
         ];
         let got: Vec<(String, Timestamp, Option<Timestamp>)> = intervals(&records)
             .into_iter()
-            .map(|i| (i.record.domain, i.start, i.end))
+            .map(|i| (i.record.domain.clone(), i.start, i.end))
             .collect();
         assert_eq!(
             got,

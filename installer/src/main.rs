@@ -396,23 +396,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             });
             let usage_dir = host_model::ledger::usage_dir(&paths.state_dir());
             let inventory = read_inventory(&paths)?;
-            let (mut records, problems) = host_model::ledger::read(&usage_dir)
-                .with_context(|| format!("cannot read the ledger {}", usage_dir.display()))?;
-            for p in &problems {
-                eprintln!("gpu-passthrough: warning: {p}");
-            }
             let now = jiff::Timestamp::now();
+            let mut tally = metrics::tally(&usage_dir, now)?;
             let closed =
-                metrics::close_lost_intervals(&usage_dir, &records, &inventory.running, now)?;
-            for r in &closed {
+                metrics::close_lost_intervals(&usage_dir, &tally, &inventory.running, now)?;
+            for r in closed {
                 eprintln!(
                     "gpu-passthrough: domain '{}' is gone without a stop (a host crash?): closed its interval at {}",
                     r.domain, r.ts
                 );
+                if let Some(at) = r.time() {
+                    tally.feed(at, r);
+                }
             }
-            records.extend(closed);
             let gpus = inventory.passthrough(&under(&paths.root, install::MODPROBE));
-            let text = metrics::render(&inventory, &gpus, &records, &paths.sysfs, now);
+            let text = metrics::render(&inventory, &gpus, &tally, &paths.sysfs, now);
             metrics::write(&dir, &text)?;
             Ok(ExitCode::SUCCESS)
         }

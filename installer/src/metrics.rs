@@ -7,7 +7,7 @@
 //! the truth, to within one timer period. Then it writes the heartbeat and the file,
 //! each atomically.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::path::Path;
 
@@ -22,17 +22,30 @@ use crate::inventory::{Gpu, Inventory};
 
 pub const FILE_NAME: &str = "gpu_passthrough.prom";
 
-/// Close the lost intervals and write the heartbeat. Returns the records appended.
+/// What `metrics` needs of the whole ledger, read once: GPU time per project and
+/// model, refusals per check, the open intervals.
+pub fn tally(usage_dir: &Path, now: Timestamp) -> Result<ledger::Tally> {
+    let mut tally =
+        ledger::Tally::new(&[Key::Project, Key::Model], Timestamp::UNIX_EPOCH, now, now);
+    let problems = ledger::read_into(usage_dir, &mut tally)
+        .with_context(|| format!("cannot read the ledger {}", usage_dir.display()))?;
+    for p in &problems {
+        eprintln!("gpu-passthrough: warning: {p}");
+    }
+    Ok(tally)
+}
+
+/// Close the lost intervals and write the heartbeat. Returns the records appended,
+/// which the caller feeds to the tally.
 pub fn close_lost_intervals(
     usage_dir: &Path,
-    records: &[Record],
+    tally: &ledger::Tally,
     running: &[Domain],
     now: Timestamp,
 ) -> Result<Vec<Record>> {
     let heartbeat = ledger::read_heartbeat(usage_dir);
     let mut appended = Vec::new();
-    for interval in ledger::open_intervals(records) {
-        let r = &interval.record;
+    for (start, r) in tally.open() {
         let still_running = running.iter().any(|d| match (&d.uuid, &r.domain_uuid) {
             (Some(a), Some(b)) => a == b,
             _ => d.name == r.domain,
@@ -40,9 +53,7 @@ pub fn close_lost_intervals(
         if still_running {
             continue;
         }
-        let at = heartbeat
-            .filter(|h| *h > interval.start)
-            .unwrap_or(interval.start);
+        let at = heartbeat.filter(|h| *h > start).unwrap_or(start);
         let mut stop = r.clone();
         stop.ts = ledger::format_ts(at);
         stop.event = Event::Stop;
@@ -103,7 +114,7 @@ fn model_of(gpu: &Gpu) -> String {
 pub fn render(
     inventory: &Inventory,
     gpus: &[&Gpu],
-    records: &[Record],
+    tally: &ledger::Tally,
     sysfs: &Path,
     now: Timestamp,
 ) -> String {
@@ -184,8 +195,8 @@ pub fn render(
         "counter",
         "GPU-seconds used per project and model, from the usage ledger.",
     );
-    let epoch = Timestamp::UNIX_EPOCH;
-    for row in ledger::usage(records, &[Key::Project, Key::Model], epoch, now, now) {
+    let rows = tally.rows();
+    for row in &rows {
         let field = |name: &str| -> String {
             row.fields
                 .iter()
@@ -224,10 +235,9 @@ pub fn render(
         .iter()
         .map(|c| (*c, 0))
         .collect();
-    for r in records.iter().filter(|r| r.event == Event::Refused) {
-        let checks: BTreeSet<&str> = r.checks.iter().flatten().map(String::as_str).collect();
-        for c in checks {
-            *per_check.entry(c).or_default() += 1;
+    for row in &rows {
+        for (c, n) in &row.refusals_by_check {
+            *per_check.entry(c.as_str()).or_default() += n;
         }
     }
     for (check, n) in per_check {

@@ -85,12 +85,13 @@ pub fn report(
     } else {
         by.iter().map(|b| Key::from(*b)).collect()
     };
-    let (records, problems) =
-        ledger::read(path).with_context(|| format!("cannot read the ledger {}", path.display()))?;
+    let mut tally = ledger::Tally::new(&keys, since, until, now);
+    let problems = ledger::read_into(path, &mut tally)
+        .with_context(|| format!("cannot read the ledger {}", path.display()))?;
     for p in &problems {
         eprintln!("gpu-passthrough: warning: {p}");
     }
-    let rows = ledger::usage(&records, &keys, since, until, now);
+    let rows = tally.rows();
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(&json_rows(&rows))? + "\n",
         Format::Csv => csv(&rows, &keys),

@@ -196,8 +196,13 @@ stop_daemons
 say "daemons stopped"
 
 # Phase 2: the hook installed before libvirtd starts (it reads hooks only then).
-install -d -m 0755 /etc/libvirt/hooks/qemu.d
-install -m 0755 "$bin_dir/gpu-passthrough-hook" "$hook"
+# libvirt runs hooks with a cleared environment, so a two-line script in front of the
+# real binary gives it this test's settings: the ledger in $work/state, and (test
+# only, this machine has no GPU) the ledger widened to domains without host devices.
+install -d -m 0755 /etc/libvirt/hooks/qemu.d "$work/state"
+printf '#!/bin/sh\nGPU_PASSTHROUGH_STATE_DIR=%s GPU_PASSTHROUGH_HOSTNAME=e2e-host GPU_PASSTHROUGH_LEDGER_ALL_DOMAINS=1 exec %s "$@"\n' \
+  "$work/state" "$bin_dir/gpu-passthrough-hook" >"$hook"
+chmod 0755 "$hook"
 start_daemons
 say "libvirtd restarted with the hook"
 domain_xml gp-e2e-wrapped "$wrapper" >"$work/wrapped.xml"
@@ -244,6 +249,20 @@ echo "$broken_out" | grep -q "gpu-passthrough-hook: refusing to start domain 'gp
 echo "$broken_out" | grep -q "0000:7f:1f.7" || fail "the refusal does not name the device: $broken_out"
 say "the broken GPU domain was refused by the hook"
 
+# The ledger: real libvirtd's start and destroy of each domain gave start and stop.
+ledger=$(cat "$work"/state/usage/*.jsonl)
+count() { printf '%s\n' "$ledger" | grep -cF "\"event\":\"$1\",\"host\":\"e2e-host\",\"domain\":\"$2\"" || true; }
+[ "$(count start gp-e2e-plain)" = 3 ] && [ "$(count stop gp-e2e-plain)" = 3 ] ||
+  fail "ledger: expected 3 starts and 3 stops of gp-e2e-plain: $ledger"
+[ "$(count start gp-e2e-wrapped)" = 4 ] && [ "$(count stop gp-e2e-wrapped)" = 4 ] ||
+  fail "ledger: expected 4 starts and 4 stops of gp-e2e-wrapped: $ledger"
+[ "$(count refused gp-e2e-broken)" = 1 ] || fail "ledger: no refusal of gp-e2e-broken: $ledger"
+say "ledger: $(printf '%s\n' "$ledger" | wc -l) records, start and stop of every run, the refusal"
+GPU_PASSTHROUGH_STATE_DIR=$work/state "$bin_dir/gpu-passthrough" metrics --textfile-dir "$work/prom" ||
+  fail "gpu-passthrough metrics failed"
+grep -qxF 'gpu_passthrough_refusals_total{check="device"} 1' "$work/prom/gpu_passthrough.prom" ||
+  fail "metrics: the refusal is not counted: $(cat "$work/prom/gpu_passthrough.prom")"
+
 if $demo; then
   printf '\n%-28s %-24s %s\n' "" "plain QEMU" "gpu-passthrough wrapper + hook"
   printf '%-28s %-24s %s\n' "what the guest saw (CPUID)" "$plain_sig" "$wrapped_sig"
@@ -251,6 +270,10 @@ if $demo; then
   printf '%-28s %-24s %s\n' "virsh start, median of 3" "$plain_no_hook ms (no hook)" "$wrapped_hook ms"
   printf '%-28s %s\n' "accelerator" "$virt_type"
   printf '\nWhat the hook said about a GPU domain whose device does not exist:\n%s\n' "$broken_out"
+  printf '\nThe usage ledger (%s), its last lines:\n' "$work/state/usage"
+  printf '%s\n' "$ledger" | tail -n 3
+  printf '\ngpu-passthrough metrics (for node_exporter), the refusal counters:\n'
+  grep -E '^gpu_passthrough_refusals_total\{check="(device|iommu)"\}' "$work/prom/gpu_passthrough.prom"
 else
   printf 'e2e figures: virsh start median of 3 (ms): plain without hook %s, plain with hook %s, wrapper with hook %s (domain type %s)\n' \
     "$plain_no_hook" "$plain_hook" "$wrapped_hook" "$virt_type"
