@@ -429,7 +429,8 @@ impl fmt::Display for LoadError {
                 if source.kind() == io::ErrorKind::PermissionDenied {
                     write!(
                         f,
-                        " (check its SELinux label: restorecon -Rv {})",
+                        " (check its mode and owner; its SELinux label is not the cause on \
+                         EL8-EL10, where every domain reads etc_t files: chmod 0644 {})",
                         path.display()
                     )?;
                 }

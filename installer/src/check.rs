@@ -301,6 +301,8 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
 
 /// The name of the package's SELinux module (from rpm/gpu-passthrough.cil).
 pub const SELINUX_MODULE: &str = "gpu-passthrough";
+/// The type the module gives the state directory and the usage ledger.
+const STATE_TYPE: &str = "gpu_passthrough_var_lib_t";
 /// The priority the RPM installs it at (Fedora/EL packaging practice for packages).
 pub const SELINUX_PRIORITY: u32 = 200;
 
@@ -352,7 +354,8 @@ fn selinux_lines(cx: &Context<'_>, diversion: &Diversion) -> Vec<CheckLine> {
         cx.root,
         &format!("/var/lib/selinux/{policy}/active/modules/{SELINUX_PRIORITY}/{SELINUX_MODULE}"),
     );
-    lines.push(if module.exists() {
+    let module_loaded = module.exists();
+    lines.push(if module_loaded {
         CheckLine::pass(
             "selinux-module",
             format!(
@@ -363,16 +366,42 @@ fn selinux_lines(cx: &Context<'_>, diversion: &Diversion) -> Vec<CheckLine> {
         CheckLine::warn(
             "selinux-module",
             format!(
-                "the {SELINUX_MODULE} module is not loaded ({} is absent): \
-                 /etc/gpu-passthrough is not labelled virt_etc_t",
+                "the {SELINUX_MODULE} module is not loaded ({} is absent): the usage ledger \
+                 has no type of its own, and EL10's virtqemud cannot append to it",
                 module.display()
             ),
             format!(
                 "semodule -X {SELINUX_PRIORITY} -i /usr/share/gpu-passthrough/gpu-passthrough.cil \
-                 && restorecon -R /etc/gpu-passthrough (the package's %post does this)"
+                 && restorecon -R /var/lib/gpu-passthrough (the package's %post does this)"
             ),
         )
     });
+    if module_loaded {
+        let state = host_model::env_path(host_model::ledger::STATE_DIR_ENV)
+            .unwrap_or_else(|| under(cx.root, host_model::ledger::DEFAULT_STATE_DIR));
+        if state.exists() {
+            let kind = crate::selinux::label_of(&state)
+                .ok()
+                .flatten()
+                .and_then(|l| crate::selinux::label_type(&l));
+            lines.push(match kind.as_deref() {
+                Some(STATE_TYPE) => CheckLine::pass(
+                    "selinux-label",
+                    format!("{} is {STATE_TYPE}", state.display()),
+                ),
+                other => CheckLine::fail(
+                    "selinux-label",
+                    format!(
+                        "{} is {}, not {STATE_TYPE}: the hook cannot append to the usage \
+                         ledger where the daemon is confined (EL10's virtqemud)",
+                        state.display(),
+                        other.map_or("unlabelled".to_owned(), |t| format!("labelled {t}"))
+                    ),
+                    format!("restorecon -R {}", state.display()),
+                ),
+            });
+        }
+    }
     let boolean = selinuxfs.join("booleans/virt_use_usb");
     if let Ok(text) = std::fs::read_to_string(&boolean) {
         lines.push(if text.split_whitespace().next() == Some("1") {

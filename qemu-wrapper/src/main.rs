@@ -53,10 +53,11 @@ fn load_config(path: &Path) -> WrapperConfig {
         Ok(None) => return WrapperConfig::default(),
         Err(err) => {
             let hint = if err.kind() == io::ErrorKind::PermissionDenied {
+                // On EL8-EL10 every domain, svirt_t included, may read etc_t and
+                // virt_etc_t files: the mode or the owner is the cause, not the label.
                 format!(
-                    " (SELinux labels are the likely cause: the file must be virt_etc_t, \
-                     run restorecon -Rv {})",
-                    path.parent().unwrap_or(path).display()
+                    " (the qemu user cannot read it: check its mode and owner, e.g. chmod 0644 {})",
+                    path.display()
                 )
             } else {
                 String::new()

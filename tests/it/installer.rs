@@ -1891,7 +1891,7 @@ fn check_reads_the_labels_and_the_module_when_selinux_is_on() {
         vec![
             format!("FAIL selinux-label: {} is labelled bin_t, not qemu_exec_t: libvirt cannot start qemu through it (svirt_t enters only qemu_exec_t files), so every VM start fails. {fix}", qemu.display()),
             format!("PASS selinux-label: {} is qemu_exec_t", orig.display()),
-            format!("WARN selinux-module: the gpu-passthrough module is not loaded ({} is absent): /etc/gpu-passthrough is not labelled virt_etc_t. Fix: semodule -X 200 -i /usr/share/gpu-passthrough/gpu-passthrough.cil && restorecon -R /etc/gpu-passthrough (the package's %post does this)", host.path("var/lib/selinux/targeted/active/modules/200/gpu-passthrough").display()),
+            format!("WARN selinux-module: the gpu-passthrough module is not loaded ({} is absent): the usage ledger has no type of its own, and EL10's virtqemud cannot append to it. Fix: semodule -X 200 -i /usr/share/gpu-passthrough/gpu-passthrough.cil && restorecon -R /var/lib/gpu-passthrough (the package's %post does this)", host.path("var/lib/selinux/targeted/active/modules/200/gpu-passthrough").display()),
             "PASS selinux-boolean: virt_use_usb is on".to_owned(),
         ]
     );
@@ -1901,12 +1901,21 @@ fn check_reads_the_labels_and_the_module_when_selinux_is_on() {
     )
     .expect("mkdir");
     write_file(&host.path("sys/fs/selinux/booleans/virt_use_usb"), "0 0");
+    let state = host.path("var/lib/gpu-passthrough");
+    integration_tests::set_label(&state, "system_u:object_r:var_lib_t:s0");
+    assert!(lines(&host).contains(&format!(
+        "FAIL selinux-label: {} is labelled var_lib_t, not gpu_passthrough_var_lib_t: the hook cannot append to the usage ledger where the daemon is confined (EL10's virtqemud). Fix: restorecon -R {}",
+        state.display(),
+        state.display()
+    )));
+    integration_tests::set_label(&state, "system_u:object_r:gpu_passthrough_var_lib_t:s0");
     assert_eq!(
         lines(&host),
         vec![
             format!("PASS selinux-label: {} is qemu_exec_t", qemu.display()),
             format!("PASS selinux-label: {} is qemu_exec_t", orig.display()),
             "PASS selinux-module: the gpu-passthrough module is loaded (targeted, priority 200)".to_owned(),
+            format!("PASS selinux-label: {} is gpu_passthrough_var_lib_t", state.display()),
             "WARN selinux-boolean: virt_use_usb is off: the wrapper cannot read sysfs to tell GPU VMs from others. Fix: setsebool -P virt_use_usb on".to_owned(),
         ]
     );

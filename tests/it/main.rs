@@ -5,4 +5,5 @@ mod installer;
 mod prometheus;
 mod qmp;
 mod rpm;
+mod selinux;
 mod wrapper;
