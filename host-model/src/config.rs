@@ -72,7 +72,7 @@ impl Default for WrapperConfig {
             target: PathBuf::from(DEFAULT_TARGET),
             hv_vendor_id: HvVendorId::default(),
             hide_kvm: true,
-            apply_to: ApplyTo::Gpu,
+            apply_to: ApplyTo::Vga,
         }
     }
 }
@@ -123,6 +123,11 @@ impl fmt::Display for HvVendorId {
 /// Which VMs the wrapper changes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ApplyTo {
+    /// VMs with a vfio-pci device whose host function is VGA-class (0x0300xx): the
+    /// GeForce, TITAN and workstation cards whose older drivers refused a VM. The
+    /// default: datacenter GPUs (3D controllers, 0x0302) never refused, and hiding KVM
+    /// costs the guest kvmclock and the other paravirtual features.
+    Vga,
     /// VMs with a vfio-pci device whose host function is a display controller.
     Gpu,
     /// VMs with any vfio-pci device.
@@ -134,7 +139,8 @@ pub enum ApplyTo {
 }
 
 impl ApplyTo {
-    const NAMES: [(&'static str, ApplyTo); 4] = [
+    const NAMES: [(&'static str, ApplyTo); 5] = [
+        ("vga", ApplyTo::Vga),
         ("gpu", ApplyTo::Gpu),
         ("vfio", ApplyTo::Vfio),
         ("all", ApplyTo::All),
@@ -510,7 +516,7 @@ mod tests {
         assert_eq!(parsed.config, Config::default());
         assert!(parsed.problems.is_empty());
         assert_eq!(parsed.config.wrapper.target, Path::new(DEFAULT_TARGET));
-        assert_eq!(parsed.config.wrapper.apply_to, ApplyTo::Gpu);
+        assert_eq!(parsed.config.wrapper.apply_to, ApplyTo::Vga);
         assert_eq!(parsed.config.hook.reserved_host_memory_mib, 4096);
     }
 

@@ -304,10 +304,11 @@ pub fn parse_vfio_device(value: &OsStr) -> Option<VfioDevice> {
 
 /// Why the wrapper rewrites this VM's `-cpu` under `apply_to`, or `None` when it does not.
 ///
-/// With [`ApplyTo::Gpu`] the host function of each vfio-pci device is looked up in
-/// `sysfs`: a display controller (class 0x03xxxx) makes the VM a GPU VM. A function whose
-/// class cannot be read counts as a GPU: a wrongly hidden KVM costs a NIC VM its
-/// kvmclock, a wrongly visible one costs a GPU VM its driver. The reason says so.
+/// With [`ApplyTo::Vga`] and [`ApplyTo::Gpu`] the host function of each vfio-pci device
+/// is looked up in `sysfs`: a VGA controller (class 0x0300xx), or for `gpu` any display
+/// controller (0x03xxxx), makes the VM one to change. A function whose class cannot be
+/// read counts as one: a wrongly hidden KVM costs a VM its kvmclock, a wrongly visible
+/// one costs a GPU VM its driver. The reason says so.
 pub fn reason_to_apply(apply_to: ApplyTo, argv: &[OsString], sysfs: &Path) -> Option<String> {
     match apply_to {
         ApplyTo::None => None,
@@ -319,7 +320,15 @@ pub fn reason_to_apply(apply_to: ApplyTo, argv: &[OsString], sysfs: &Path) -> Op
                 Ok(addr) => format!("vfio-pci device {addr}"),
                 Err(_) => "a vfio-pci device".to_owned(),
             }),
-        ApplyTo::Gpu => {
+        ApplyTo::Vga | ApplyTo::Gpu => {
+            let (wanted, what): (fn(u32) -> bool, &str) = if apply_to == ApplyTo::Vga {
+                (|class| class >> 8 == 0x0300, "a VGA controller")
+            } else {
+                (
+                    |class| pci::base_class(class) == pci::CLASS_DISPLAY,
+                    "a display controller",
+                )
+            };
             let mut unsure = None;
             for dev in vfio_devices(argv) {
                 let addr = match dev.host {
@@ -330,10 +339,8 @@ pub fn reason_to_apply(apply_to: ApplyTo, argv: &[OsString], sysfs: &Path) -> Op
                     }
                 };
                 match pci::read_class(sysfs, &addr) {
-                    Ok(class) if pci::base_class(class) == pci::CLASS_DISPLAY => {
-                        return Some(format!(
-                            "vfio-pci {addr} is a display controller (class 0x{class:06x})"
-                        ));
+                    Ok(class) if wanted(class) => {
+                        return Some(format!("vfio-pci {addr} is {what} (class 0x{class:06x})"));
                     }
                     Ok(_) => {}
                     Err(err) => {

@@ -6,6 +6,9 @@
  *
  * It prints "HVSIG:[KVMKVMKVM]" under KVM, "HVSIG:[]" when the hypervisor is hidden
  * (kvm=off without Hyper-V enlightenments), "HVSIG:[TCGTCGTCGTCG]" under QEMU 7+ TCG.
+ * Then the KVM feature leaf (0x40000001, EAX) when the signature is KVM's:
+ * "KVMFEAT:[0x01007afb] kvmclock=1" (bit 0 or 3: the kvmclock clock source), or
+ * "KVMFEAT:[none] kvmclock=0" when it is gone, as with kvm=off.
  */
 
 #define MB_MAGIC 0x1BADB002u
@@ -47,6 +50,13 @@ static void puts_com1(const char *s)
         putc_com1(*s++);
 }
 
+static void puthex_com1(unsigned int v)
+{
+    puts_com1("0x");
+    for (int i = 7; i >= 0; i--)
+        putc_com1("0123456789abcdef"[(v >> (4 * i)) & 0xf]);
+}
+
 void _start(void)
 {
     unsigned int a = 0x40000000u, b, c, d;
@@ -64,6 +74,16 @@ void _start(void)
     puts_com1("HVSIG:[");
     puts_com1(sig);
     puts_com1("]\n");
+    int kvm = n == 9 && sig[0] == 'K' && sig[3] == 'K' && sig[6] == 'K';
+    if (kvm) {
+        unsigned int fa = 0x40000001u, fb, fc, fd;
+        __asm__ volatile("cpuid" : "+a"(fa), "=b"(fb), "=c"(fc), "=d"(fd));
+        puts_com1("KVMFEAT:[");
+        puthex_com1(fa);
+        puts_com1((fa & 0x9u) ? "] kvmclock=1\n" : "] kvmclock=0\n");
+    } else {
+        puts_com1("KVMFEAT:[none] kvmclock=0\n");
+    }
     /* ACPI S5 on QEMU's i440fx (PM base 0x600) and q35 (0x604 on the ICH9 LPC) */
     outw(0x604, 0x2000);
     outw(0xb004, 0x2000);

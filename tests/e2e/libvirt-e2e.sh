@@ -232,11 +232,17 @@ virsh resume gp-e2e-wrapped >/dev/null
 wait_shut_off gp-e2e-wrapped
 wrapped_sig=$(grep -ao 'HVSIG:\[[^]]*\]' "$work/gp-e2e-wrapped.serial" | tail -n 1)
 [ -n "$wrapped_sig" ] || fail "the wrapped guest printed nothing"
+plain_feat=$(grep -ao 'KVMFEAT:\[[^]]*\] kvmclock=[01]' "$work/gp-e2e-plain.serial" | tail -n 1)
+wrapped_feat=$(grep -ao 'KVMFEAT:\[[^]]*\] kvmclock=[01]' "$work/gp-e2e-wrapped.serial" | tail -n 1)
 if [ "$virt_type" = kvm ]; then
   [ "$plain_sig" = 'HVSIG:[KVMKVMKVM]' ] || fail "plain guest under KVM saw $plain_sig"
   [ "$wrapped_sig" = 'HVSIG:[]' ] || fail "wrapped guest under KVM saw $wrapped_sig, expected nothing"
+  # What kvm=off costs: the KVM feature leaf, and kvmclock with it.
+  case "$plain_feat" in *'] kvmclock=1') ;; *) fail "plain guest under KVM: no kvmclock in $plain_feat" ;; esac
+  [ "$wrapped_feat" = 'KVMFEAT:[none] kvmclock=0' ] || fail "wrapped guest still has the KVM feature leaf: $wrapped_feat"
 fi
 say "guest signature: plain ${plain_sig}, wrapped ${wrapped_sig}"
+say "KVM feature leaf: plain ${plain_feat}, wrapped ${wrapped_feat} (the cost of kvm=off)"
 
 # A GPU domain that cannot work: the hook refuses it, and virsh says why.
 domain_xml gp-e2e-broken "$wrapper" "<hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev>" >"$work/broken.xml"
@@ -266,6 +272,7 @@ grep -qxF 'gpu_passthrough_refusals_total{check="device"} 1' "$work/prom/gpu_pas
 if $demo; then
   printf '\n%-28s %-24s %s\n' "" "plain QEMU" "gpu-passthrough wrapper + hook"
   printf '%-28s %-24s %s\n' "what the guest saw (CPUID)" "$plain_sig" "$wrapped_sig"
+  printf '%-28s %-24s %s\n' "KVM features (0x40000001)" "${plain_feat#KVMFEAT:}" "${wrapped_feat#KVMFEAT:}"
   printf '%-28s %-24s %s\n' "-cpu" "qemu64" "qemu64,kvm=off,hv-vendor-id=$vendor"
   printf '%-28s %-24s %s\n' "virsh start, median of 3" "$plain_no_hook ms (no hook)" "$wrapped_hook ms"
   printf '%-28s %s\n' "accelerator" "$virt_type"

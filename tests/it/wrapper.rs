@@ -140,7 +140,7 @@ fn a_gpu_vm_gets_kvm_hidden_and_one_line_says_so() {
         "{err}"
     );
     assert!(
-        err.contains("0000:18:00.0 is a display controller"),
+        err.contains("0000:18:00.0 is a VGA controller (class 0x030000)"),
         "{err}"
     );
 }
@@ -168,17 +168,38 @@ fn apply_to_decides_which_vms_change() {
     let nic_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:3b:00.0"];
     let plain_vm = ["-cpu", "host", "-device", "virtio-net-pci,netdev=n0"];
     let gpu_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:18:00.0"];
+    let t4_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:af:00.0"];
     let rewritten = "host,kvm=off,hv-vendor-id=MyFake_KVM";
-    let cases: [(&str, &[&str], &str); 8] = [
+    host.sysfs.add(&PciFunction {
+        address: "0000:af:00.0",
+        vendor: 0x10de,
+        device: 0x1eb8,
+        class: 0x030200,
+        driver: Some("vfio-pci"),
+        iommu_group: Some(60),
+    });
+    let cases: [(&str, &[&str], &str); 13] = [
+        ("vga", &gpu_vm, rewritten),
+        ("vga", &t4_vm, "host"),
+        ("vga", &nic_vm, "host"),
+        ("vga", &plain_vm, "host"),
         ("gpu", &nic_vm, "host"),
         ("gpu", &plain_vm, "host"),
         ("gpu", &gpu_vm, rewritten),
+        ("gpu", &t4_vm, rewritten),
         ("vfio", &nic_vm, rewritten),
         ("vfio", &plain_vm, "host"),
         ("all", &plain_vm, rewritten),
         ("none", &gpu_vm, "host"),
         ("none", &plain_vm, "host"),
     ];
+    // No apply_to: "vga", the default.
+    for (args, cpu) in [(&gpu_vm, rewritten), (&t4_vm, "host")] {
+        host.config_with("");
+        let out = host.run(args);
+        assert!(out.status.success());
+        assert_eq!(host.recorded_args()[2], cpu, "default {args:?}");
+    }
     for (apply_to, args, cpu) in cases {
         host.config_with(&format!("apply_to = {apply_to:?}\n"));
         let out = host.run(args);
