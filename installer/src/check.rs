@@ -249,6 +249,25 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
             "run `gpu-passthrough install`, then restart libvirtd",
         )
     });
+    let daemon = crate::platform::qemu_daemon(cx.runner);
+    lines.push(match daemon.daemon {
+        Some(d) => CheckLine::pass(
+            "libvirt-daemon",
+            format!(
+                "{} runs the qemu driver ({}): it runs the hook, and reads hooks when it starts",
+                d.name(),
+                daemon.evidence
+            ),
+        ),
+        None => CheckLine::warn(
+            "libvirt-daemon",
+            format!(
+                "cannot tell which daemon runs the qemu driver: {}",
+                daemon.evidence
+            ),
+            "start virtqemud.socket (EL9, EL10) or libvirtd.service",
+        ),
+    });
     lines.push(match cx.runner.query("libvirtd", &["--version"]) {
         Ok(Ran::Done(out)) => match libvirt_version(&out) {
             Some(v) if v >= (6, 5) => CheckLine::pass("libvirt", format!("libvirt {}.{} reads hooks/qemu.d", v.0, v.1)),

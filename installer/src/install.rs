@@ -167,16 +167,20 @@ pub struct Host<'a> {
     pub lock_dirs_created: Vec<String>,
 }
 
+/// Whether install linked the hook, which the daemon reads only when it starts.
+pub fn links_hook(plan: &Plan) -> bool {
+    plan.hook.is_some()
+}
+
 /// What the operator has to do after an install that changed the plan's things.
-pub fn next_steps(plan: &Plan) -> String {
-    let mut steps = Vec::new();
+/// `restart`: the step that makes the daemon read the hook, when one is still needed.
+pub fn next_steps(plan: &Plan, restart: Option<String>) -> String {
+    let mut steps: Vec<String> = Vec::new();
     if !plan.kernel_args.is_empty() || plan.grub_default.is_some() || plan.dracut {
-        steps.push("reboot, for the kernel arguments and the early vfio-pci binding");
+        steps.push("reboot, for the kernel arguments and the early vfio-pci binding".into());
     }
-    if plan.hook.is_some() {
-        steps.push("restart libvirtd (systemctl restart libvirtd), so that it sees the hook");
-    }
-    steps.push("run `gpu-passthrough check`");
+    steps.extend(restart);
+    steps.push("run `gpu-passthrough check`".into());
     format!("done. Next: {}.", steps.join("; then "))
 }
 

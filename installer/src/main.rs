@@ -8,6 +8,7 @@ mod install;
 mod inventory;
 mod metrics;
 mod nova;
+mod platform;
 mod runner;
 mod selinux;
 mod usage;
@@ -23,7 +24,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 use crate::divert::{Diversion, Outcome};
 use crate::files::under;
 use crate::inventory::{parse_ids, Inventory, Sources};
-use crate::runner::Runner;
+use crate::runner::{Ran, Runner};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -89,6 +90,12 @@ enum Cmd {
         /// one. Their sibling functions (audio, USB, UCSI) come along.
         #[arg(long = "gpu", value_name = "VENDOR:DEVICE", value_parser = parse_ids)]
         gpus: Vec<(u16, u16)>,
+        /// Restart the daemon that runs the qemu driver (virtqemud or libvirtd, from
+        /// the systemd unit states) so that it reads the hook, even with VMs running
+        /// (they keep running). Without it, install restarts the daemon only when no
+        /// VM runs, and otherwise says which one to restart.
+        #[arg(long)]
+        restart_libvirt: bool,
     },
     /// Undo `install`: every file back as it was (content and mode), what install
     /// created removed, the diversion undone, the kernel arguments removed.
@@ -261,7 +268,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
-        Cmd::Install { dry_run, gpus } => {
+        Cmd::Install {
+            dry_run,
+            gpus,
+            restart_libvirt,
+        } => {
             let runner = Runner::new(&paths.root, *dry_run);
             let lock_dirs = install::missing_dirs(&paths.root, install::STATE_DIR);
             let _lock = lock(&paths.root, *dry_run, false)?;
@@ -290,7 +301,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             for step in install::apply(&plan, &host)? {
                 println!("{step}");
             }
-            println!("{}", install::next_steps(&plan));
+            let restart = if install::links_hook(&plan) {
+                restart_daemon(&runner, *restart_libvirt, &inventory)?
+            } else {
+                None
+            };
+            println!("{}", install::next_steps(&plan, restart));
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Uninstall { dry_run } => {
@@ -431,6 +447,49 @@ fn report(outcome: Outcome, dry_run: bool) -> Result<ExitCode> {
         println!("{prefix}{step}");
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Make the daemon that runs the qemu driver read the new hook: restart it when asked
+/// or when no VM runs; else return the step that says which one to restart.
+fn restart_daemon(runner: &Runner, asked: bool, inventory: &Inventory) -> Result<Option<String>> {
+    let found = platform::qemu_daemon(runner);
+    let Some(daemon) = found.daemon else {
+        return Ok(Some(format!(
+            "restart the libvirt daemon that runs the qemu driver (virtqemud or libvirtd; \
+             cannot tell which: {}), so that it reads the hook",
+            found.evidence
+        )));
+    };
+    let service = daemon.service();
+    let vms = inventory.running.len();
+    if asked || vms == 0 {
+        // try-restart: a socket-activated virtqemud that is not running reads the hook
+        // at its next start anyway.
+        let verb = if asked { "restart" } else { "try-restart" };
+        match runner.run("systemctl", &[verb, service])? {
+            Ran::Done(_) => {
+                println!(
+                    "{}: ran systemctl {verb} {service} ({}), so that it reads the hook",
+                    daemon.name(),
+                    found.evidence
+                );
+                Ok(None)
+            }
+            Ran::Skipped(why) => Ok(Some(format!(
+                "restart {} (systemctl restart {service}; {}), so that it reads the hook \
+                 ({why})",
+                daemon.name(),
+                found.evidence
+            ))),
+        }
+    } else {
+        Ok(Some(format!(
+            "restart {} (systemctl restart {service}; {}) so that it reads the hook: {vms} \
+             VM(s) run, so install did not (they keep running; --restart-libvirt does it)",
+            daemon.name(),
+            found.evidence
+        )))
+    }
 }
 
 /// Keep two installs (or an install and an RPM scriptlet) from interleaving. Waits for

@@ -65,6 +65,17 @@ impl Runner {
     }
 }
 
+impl Runner {
+    /// A read-only question whose answer is its stdout, whatever its exit status
+    /// (`systemctl is-active` exits 3 for "inactive"). `None`: the program is not on
+    /// PATH or could not run.
+    pub fn query_output(&self, program: &str, args: &[&str]) -> Option<String> {
+        let path = find_on_path(program)?;
+        let out = Command::new(path).args(args).output().ok()?;
+        Some(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
 fn run_path(path: &Path, line: &str, args: &[&str]) -> Result<Ran> {
     let out = Command::new(path)
         .args(args)

@@ -1047,7 +1047,7 @@ fn two_installs_cannot_interleave() {
 fn stand_ins(host: &Host, fail: Option<&str>) -> std::ffi::OsString {
     let dir = host.path("standins");
     let log = host.path("commands.log");
-    for tool in ["grubby", "dracut", "semodule", "restorecon", "systemctl"] {
+    for tool in ["grubby", "dracut", "semodule", "restorecon"] {
         let status = if Some(tool) == fail {
             "echo \"$0: boom\" >&2; exit 3"
         } else {
@@ -1061,6 +1061,16 @@ fn stand_ins(host: &Host, fail: Option<&str>) -> std::ffi::OsString {
             ),
         );
     }
+    // systemctl answers is-active/is-enabled from systemctl.states ("UNIT is-active"
+    // lines) without logging them; what it is told to do goes to the log.
+    integration_tests::write_script(
+        &dir.join("systemctl"),
+        &format!(
+            "#!/bin/sh\ncase \"$1\" in is-active|is-enabled)\n  if grep -qx \"$2 $1\" {states} 2>/dev/null; then\n    [ \"$1\" = is-active ] && echo active || echo enabled; exit 0\n  fi\n  echo inactive; exit 3;;\nesac\necho \"systemctl $*\" >> {log}\n",
+            states = host.path("systemctl.states").display(),
+            log = log.display()
+        ),
+    );
     integration_tests::write_script(
         &dir.join("libvirtd"),
         "#!/bin/sh\necho 'libvirtd (libvirt) 8.0.0'\n",
@@ -2293,5 +2303,75 @@ fn metrics_writes_the_textfile_closes_lost_intervals_and_passes_promtool() {
         out.status.success() && out.stderr.is_empty(),
         "{}",
         stderr(&out)
+    );
+}
+
+// Issue 14, section 2: which daemon runs the qemu driver, from the unit states.
+
+#[test]
+fn install_and_check_find_the_daemon_and_restart_it_only_when_it_may() {
+    // virtqemud, socket-activated, no VM running: install restarts it if it runs.
+    let host = install_root();
+    write_file(
+        &host.path("systemctl.states"),
+        "virtqemud.socket is-active\nvirtqemud.socket is-enabled\n",
+    );
+    let run = |host: &Host, args: &[&str]| {
+        host.command(args)
+            .env("PATH", stand_ins(host, None))
+            .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
+            .output()
+            .expect("run")
+    };
+    let out = run(&host, &["install"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("virtqemud: ran systemctl try-restart virtqemud.service (virtqemud.socket is active), so that it reads the hook\n"),
+        "{}",
+        stdout(&out)
+    );
+    let log = std::fs::read_to_string(host.path("commands.log")).expect("log");
+    assert!(
+        log.ends_with("systemctl try-restart virtqemud.service\n"),
+        "{log}"
+    );
+    let check = stdout(&run(&host, &["check"]));
+    assert!(
+        check.contains("PASS libvirt-daemon: virtqemud runs the qemu driver (virtqemud.socket is active): it runs the hook, and reads hooks when it starts\n"),
+        "{check}"
+    );
+
+    // libvirtd, enabled but not active, one VM running: install says what to restart.
+    let host = install_root();
+    write_file(
+        &host.path("systemctl.states"),
+        "libvirtd.service is-enabled\n",
+    );
+    host.running("instance-00000001", &["0000:3b:00.0"], "");
+    let out = run(&host, &["install"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stdout(&out).contains("restart libvirtd (systemctl restart libvirtd.service; libvirtd.service is enabled) so that it reads the hook: 1 VM(s) run, so install did not (they keep running; --restart-libvirt does it)"),
+        "{}",
+        stdout(&out)
+    );
+    let log = std::fs::read_to_string(host.path("commands.log")).expect("log");
+    assert!(!log.contains("restart"), "{log}");
+    // Asked, it restarts.
+    run(&host, &["uninstall"]);
+    let out = run(&host, &["install", "--restart-libvirt"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let log = std::fs::read_to_string(host.path("commands.log")).expect("log");
+    assert!(
+        log.ends_with("systemctl restart libvirtd.service\n"),
+        "{log}"
+    );
+
+    // Neither: check cannot tell, and says so.
+    write_file(&host.path("systemctl.states"), "");
+    let check = stdout(&run(&host, &["check"]));
+    assert!(
+        check.contains("WARN libvirt-daemon: cannot tell which daemon runs the qemu driver: neither virtqemud nor libvirtd is active or enabled"),
+        "{check}"
     );
 }
