@@ -167,6 +167,66 @@ pub struct Host<'a> {
     pub lock_dirs_created: Vec<String>,
 }
 
+/// The VFIO modules vfio-pci needs early, in load order. `vfio_virqfd` is a module of
+/// its own before kernel 6.2 and part of `vfio` from then on.
+const VFIO_MODULES: [&str; 4] = ["vfio", "vfio_virqfd", "vfio_iommu_type1", "vfio_pci"];
+
+/// The VFIO modules that every installed kernel (ROOT/lib/modules/KVER) has, as a
+/// module (modules.dep) or built in (modules.builtin), as modinfo -k KVER finds them:
+/// dracut fails hard on a module it cannot find, for any kernel. Notes say which were
+/// left out, and for which kernels. No kernels to read: the three every kernel has.
+fn vfio_modules(root: &Path) -> (Vec<&'static str>, Vec<String>) {
+    let dir = under(root, "/lib/modules");
+    let mut kernels: Vec<(String, String)> = fs::read_dir(&dir)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let kver = e.file_name().to_string_lossy().into_owned();
+            let mut known = String::new();
+            for index in ["modules.dep", "modules.builtin"] {
+                known.push_str(&fs::read_to_string(e.path().join(index)).unwrap_or_default());
+            }
+            (!known.is_empty()).then_some((kver, known))
+        })
+        .collect();
+    kernels.sort();
+    if kernels.is_empty() {
+        return (vec!["vfio", "vfio_iommu_type1", "vfio_pci"], Vec::new());
+    }
+    let has = |index: &str, module: &str| {
+        index.lines().any(|l| {
+            let path = l.split(':').next().unwrap_or("");
+            let file = path.rsplit('/').next().unwrap_or("");
+            let name = file.split('.').next().unwrap_or("").replace('-', "_");
+            name == module
+        })
+    };
+    let mut modules = Vec::new();
+    let mut notes = Vec::new();
+    for module in VFIO_MODULES {
+        let lacking: Vec<&str> = kernels
+            .iter()
+            .filter(|(_, index)| !has(index, module))
+            .map(|(kver, _)| kver.as_str())
+            .collect();
+        if lacking.is_empty() {
+            modules.push(module);
+        } else {
+            notes.push(format!(
+                "{module} left out of dracut and modules-load.d: kernel {} has no such module{}",
+                lacking.join(", "),
+                if module == "vfio_virqfd" {
+                    " (it is part of vfio from kernel 6.2 on)"
+                } else {
+                    ""
+                }
+            ));
+        }
+    }
+    (modules, notes)
+}
+
 /// Whether install linked the hook, which the daemon reads only when it starts.
 pub fn links_hook(plan: &Plan) -> bool {
     plan.hook.is_some()
@@ -314,18 +374,21 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
     }
     modprobe.push_str("blacklist nouveau\noptions nouveau modeset=0\n");
     want(&mut files, MODPROBE, modprobe, 0o644)?;
+    let (modules, left_out) = vfio_modules(host.root);
+    notes.extend(left_out);
     want(
         &mut files,
         MODULES_LOAD,
-        format!("{header}vfio\nvfio_iommu_type1\nvfio_pci\n"),
+        format!("{header}{}\n", modules.join("\n")),
         0o644,
     )?;
     want(
         &mut files,
         DRACUT,
         format!(
-            "{header}add_drivers+=\" vfio vfio_iommu_type1 vfio_pci \"\n\
-             install_items+=\" {MODPROBE} \"\n"
+            "{header}add_drivers+=\" {} \"\n\
+             install_items+=\" {MODPROBE} \"\n",
+            modules.join(" ")
         ),
         0o644,
     )?;

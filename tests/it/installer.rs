@@ -1630,9 +1630,19 @@ fn el8_install_then_uninstall_with_the_real_grubby_gives_every_byte_back() {
 
 #[test]
 fn el9_install_then_uninstall_with_the_real_grubby_gives_every_byte_back() {
+    bls_round_trip("el9");
+}
+
+#[test]
+fn el10_install_then_uninstall_with_the_real_grubby_gives_every_byte_back() {
+    bls_round_trip("el10");
+}
+
+/// EL9 and EL10 keep literal `options` lines in each BLS entry and /etc/kernel/cmdline.
+fn bls_round_trip(variant: &str) {
     let host = install_root();
     el9_layout(&host);
-    let Some(path) = real_grubby_path(&host, "el9") else {
+    let Some(path) = real_grubby_path(&host, variant) else {
         return;
     };
     let before = host_files(&host);
@@ -2373,5 +2383,84 @@ fn install_and_check_find_the_daemon_and_restart_it_only_when_it_may() {
     assert!(
         check.contains("WARN libvirt-daemon: cannot tell which daemon runs the qemu driver: neither virtqemud nor libvirtd is active or enabled"),
         "{check}"
+    );
+}
+
+// Issue 14, section 1: dracut lists only modules every installed kernel has.
+
+fn kernel(host: &Host, kver: &str, dep: &str, builtin: &str) {
+    write_file(&host.path(&format!("lib/modules/{kver}/modules.dep")), dep);
+    write_file(
+        &host.path(&format!("lib/modules/{kver}/modules.builtin")),
+        builtin,
+    );
+}
+
+const EL8_DEP: &str = "kernel/drivers/vfio/vfio.ko.xz: kernel/drivers/vfio/vfio_virqfd.ko.xz\n\
+    kernel/drivers/vfio/vfio_virqfd.ko.xz:\n\
+    kernel/drivers/vfio/vfio_iommu_type1.ko.xz: kernel/drivers/vfio/vfio.ko.xz\n\
+    kernel/drivers/vfio/pci/vfio-pci.ko.xz: kernel/drivers/vfio/vfio.ko.xz kernel/drivers/vfio/vfio_virqfd.ko.xz\n";
+const EL10_DEP: &str =
+    "kernel/drivers/vfio/vfio.ko.xz: kernel/drivers/iommu/iommufd/iommufd.ko.xz\n\
+    kernel/drivers/vfio/vfio_iommu_type1.ko.xz: kernel/drivers/vfio/vfio.ko.xz\n\
+    kernel/drivers/vfio/pci/vfio-pci.ko.xz: kernel/drivers/vfio/pci/vfio-pci-core.ko.xz\n\
+    kernel/drivers/vfio/pci/vfio-pci-core.ko.xz: kernel/drivers/vfio/vfio.ko.xz\n";
+
+fn dracut_line(text: &str) -> &str {
+    text.lines()
+        .find(|l| l.starts_with("+add_drivers+="))
+        .unwrap_or_else(|| panic!("no add_drivers in:\n{text}"))
+}
+
+#[test]
+fn dracut_and_modules_load_list_only_what_every_kernel_has() {
+    let host = install_root();
+    kernel(
+        &host,
+        "4.18.0-553.el8.x86_64",
+        EL8_DEP,
+        "kernel/drivers/pci/pci-stub.ko\n",
+    );
+    let out = host.run(&["install", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        dracut_line(&text),
+        "+add_drivers+=\" vfio vfio_virqfd vfio_iommu_type1 vfio_pci \"",
+        "EL8's 4.18 has vfio_virqfd as a module of its own"
+    );
+    assert!(
+        text.contains("+vfio\n+vfio_virqfd\n+vfio_iommu_type1\n+vfio_pci\n"),
+        "{text}"
+    );
+
+    // An EL10 kernel beside it: vfio_virqfd is part of vfio from 6.2 on.
+    kernel(&host, "6.12.0-55.el10.x86_64", EL10_DEP, "");
+    let out = host.run(&["install", "--dry-run"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = stdout(&out);
+    assert_eq!(
+        dracut_line(&text),
+        "+add_drivers+=\" vfio vfio_iommu_type1 vfio_pci \""
+    );
+    assert!(
+        text.contains("note: vfio_virqfd left out of dracut and modules-load.d: kernel 6.12.0-55.el10.x86_64 has no such module (it is part of vfio from kernel 6.2 on)\n"),
+        "{text}"
+    );
+
+    // A module built into the kernel counts as there.
+    kernel(
+        &host,
+        "6.12.0-55.el10.x86_64",
+        &EL10_DEP.replace(
+            "kernel/drivers/vfio/vfio_iommu_type1.ko.xz: kernel/drivers/vfio/vfio.ko.xz\n",
+            "",
+        ),
+        "kernel/drivers/vfio/vfio_iommu_type1.ko\n",
+    );
+    let text = stdout(&host.run(&["install", "--dry-run"]));
+    assert_eq!(
+        dracut_line(&text),
+        "+add_drivers+=\" vfio vfio_iommu_type1 vfio_pci \""
     );
 }
