@@ -222,7 +222,86 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
         qemu_bytes.push(bytes);
     }
 
-    let root = work.path().join("root");
+    // The same lifecycle on three layouts: EL8 runs the monolithic libvirtd, EL9 ships
+    // both and defaults to virtqemud, EL10 has virtqemud only; qemu-kvm-core's file is
+    // /usr/libexec/qemu-kvm on all three.
+    let unit = |name: &str, text: &str| {
+        let p = work.path().join(name);
+        std::fs::write(&p, text).expect("unit");
+        p
+    };
+    let daemon = |name: &str| {
+        let p = work.path().join(name);
+        std::fs::write(&p, format!("#!/bin/sh\necho '{name} (libvirt) 0.0.0'\n")).expect("daemon");
+        p
+    };
+    let libvirtd_files = vec![
+        ("/usr/sbin/libvirtd", daemon("libvirtd")),
+        (
+            "/usr/lib/systemd/system/libvirtd.service",
+            unit(
+                "libvirtd.service",
+                "[Service]\nExecStart=/usr/sbin/libvirtd\n",
+            ),
+        ),
+    ];
+    let virtqemud_files = vec![
+        ("/usr/sbin/virtqemud", daemon("virtqemud")),
+        (
+            "/usr/lib/systemd/system/virtqemud.service",
+            unit(
+                "virtqemud.service",
+                "[Service]\nExecStart=/usr/sbin/virtqemud --timeout 120\n",
+            ),
+        ),
+        (
+            "/usr/lib/systemd/system/virtqemud.socket",
+            unit(
+                "virtqemud.socket",
+                "[Socket]\nListenStream=/run/libvirt/virtqemud-sock\n",
+            ),
+        ),
+    ];
+    for (layout, files) in [
+        ("el8", libvirtd_files.clone()),
+        (
+            "el9",
+            [libvirtd_files.clone(), virtqemud_files.clone()].concat(),
+        ),
+        ("el10", virtqemud_files.clone()),
+    ] {
+        let files: Vec<(&str, PathBuf)> = files;
+        let libvirt = stand_in_rpm(
+            work.path(),
+            &format!("libvirt-daemon-{layout}"),
+            "1.0",
+            "1",
+            &files,
+            &[],
+        );
+        lifecycle(
+            layout,
+            work.path(),
+            &base,
+            &libvirt,
+            &qemu_rpms,
+            &qemu_bytes,
+            &ours,
+        );
+    }
+}
+
+/// Install, follow a qemu update, erase; erase qemu under the diversion: on one layout.
+fn lifecycle(
+    layout: &str,
+    work: &Path,
+    base: &Path,
+    libvirt: &Path,
+    qemu_rpms: &[PathBuf],
+    qemu_bytes: &[Vec<u8>],
+    ours: &Path,
+) {
+    let root = work.join(format!("root-{layout}"));
     for d in ["var/tmp", "tmp", "dev"] {
         std::fs::create_dir_all(root.join(d)).expect("mkdir");
     }
@@ -235,7 +314,8 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
         c
     };
     run(&mut rpm(&["--initdb"]));
-    run(rpm(&["-i"]).arg(&base));
+    run(rpm(&["-i"]).arg(base));
+    run(rpm(&["-i"]).arg(libvirt));
     run(rpm(&["-i"]).arg(&qemu_rpms[0]));
 
     let qemu = root.join("usr/libexec/qemu-kvm");
@@ -255,8 +335,12 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
     }
 
     // Install: diverted, hook linked.
-    let out = run(rpm(&["-i"]).arg(&ours));
-    assert!(text(&out).contains("restart libvirtd"), "{}", text(&out));
+    let out = run(rpm(&["-i"]).arg(ours));
+    assert!(
+        text(&out).contains("restart the libvirt daemon that runs the qemu driver"),
+        "{}",
+        text(&out)
+    );
     assert_eq!(
         read(&qemu),
         wrapper(),
@@ -352,7 +436,7 @@ fn the_rpm_installs_diverts_follows_qemu_updates_and_erases_cleanly() {
     run(&mut rpm(&["-V", "qemu-kvm-core"]));
 
     // Erasing qemu-kvm-core under a diversion leaves no stale .orig behind.
-    run(rpm(&["-i"]).arg(&ours));
+    run(rpm(&["-i"]).arg(ours));
     assert!(orig.exists());
     run(&mut rpm(&["-e", "qemu-kvm-core"]));
     assert!(
