@@ -33,3 +33,31 @@ fn libvirt_end_to_end() {
         "the script neither passed nor skipped:\n{stdout}"
     );
 }
+
+/// The same on the modular daemon: virtqemud and virtlogd of libvirt 11.3 with QEMU 10
+/// in a Debian 13 root (tests/e2e/virtqemud-e2e.sh; the root is built once and cached).
+#[test]
+#[ignore = "needs root, mmdebstrap and a Debian mirror; `make test` runs it"]
+fn virtqemud_end_to_end() {
+    bin("qemu-kvm-wrapper");
+    bin("gpu-passthrough-hook");
+    bin("gpu-passthrough");
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/virtqemud-e2e.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .arg(bin_dir())
+        .output()
+        .expect("run the virtqemud end-to-end script");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    print!("{stdout}");
+    eprint!("{stderr}");
+    assert!(
+        out.status.success(),
+        "the virtqemud end-to-end test failed:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("virtqemud-e2e: PASS") || stdout.starts_with("SKIP:"),
+        "the script neither passed nor skipped:\n{stdout}"
+    );
+}
