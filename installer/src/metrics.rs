@@ -276,42 +276,33 @@ pub fn render(
             );
         }
     }
-    for (name, help, pick) in [
+    type Link = fn(&pci::Health) -> Option<f64>;
+    let links: [(&str, &str, Link); 4] = [
         (
             "gpu_passthrough_pcie_link_speed_gts",
             "The PCIe link speed now, in GT/s (not read in D3cold).",
-            0usize,
+            |h| h.link_speed_gts.map(|s| s.0),
         ),
         (
             "gpu_passthrough_pcie_link_speed_gts_max",
             "The PCIe link speed the device and slot can do, in GT/s.",
-            1,
+            |h| h.link_speed_gts.map(|s| s.1),
         ),
-    ] {
-        header(&mut out, name, "gauge", help);
-        for (address, h) in &healths {
-            if let Some(speeds) = h.link_speed_gts {
-                let v = if pick == 0 { speeds.0 } else { speeds.1 };
-                sample(&mut out, name, &[("address", address)], v);
-            }
-        }
-    }
-    for (name, help, pick) in [
         (
             "gpu_passthrough_pcie_link_width",
             "The PCIe link width now, in lanes (not read in D3cold).",
-            0usize,
+            |h| h.link_width.map(|w| f64::from(w.0)),
         ),
         (
             "gpu_passthrough_pcie_link_width_max",
             "The PCIe link width the device and slot can do, in lanes.",
-            1,
+            |h| h.link_width.map(|w| f64::from(w.1)),
         ),
-    ] {
+    ];
+    for (name, help, value) in links {
         header(&mut out, name, "gauge", help);
         for (address, h) in &healths {
-            if let Some(widths) = h.link_width {
-                let v = if pick == 0 { widths.0 } else { widths.1 };
+            if let Some(v) = value(h) {
                 sample(&mut out, name, &[("address", address)], v);
             }
         }

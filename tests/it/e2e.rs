@@ -8,13 +8,17 @@ use std::process::Command;
 
 use integration_tests::{bin, bin_dir};
 
-#[test]
-#[ignore = "needs root and libvirt; `make test` runs it"]
-fn libvirt_end_to_end() {
-    // The binaries must exist before the script looks for them.
-    bin("qemu-kvm-wrapper");
-    bin("gpu-passthrough-hook");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/libvirt-e2e.sh");
+/// Run an end-to-end script with the build directory; it must pass (or skip outside CI).
+fn run_script(name: &str, pass: &str) {
+    // The binaries must exist (and be fresh) before the script looks for them.
+    for b in [
+        "qemu-kvm-wrapper",
+        "gpu-passthrough-hook",
+        "gpu-passthrough",
+    ] {
+        bin(b);
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e").join(name);
     let out = Command::new("bash")
         .arg(&script)
         .arg(bin_dir())
@@ -24,14 +28,17 @@ fn libvirt_end_to_end() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     print!("{stdout}");
     eprint!("{stderr}");
+    assert!(out.status.success(), "{name} failed:\n{stdout}\n{stderr}");
     assert!(
-        out.status.success(),
-        "the end-to-end test failed:\n{stdout}\n{stderr}"
+        stdout.contains(pass) || stdout.starts_with("SKIP:"),
+        "{name} neither passed nor skipped:\n{stdout}"
     );
-    assert!(
-        stdout.contains("e2e: PASS") || stdout.starts_with("SKIP:"),
-        "the script neither passed nor skipped:\n{stdout}"
-    );
+}
+
+#[test]
+#[ignore = "needs root and libvirt; `make test` runs it"]
+fn libvirt_end_to_end() {
+    run_script("libvirt-e2e.sh", "e2e: PASS");
 }
 
 /// The same on the modular daemon: virtqemud and virtlogd of libvirt 11.3 with QEMU 10
@@ -39,25 +46,5 @@ fn libvirt_end_to_end() {
 #[test]
 #[ignore = "needs root, mmdebstrap and a Debian mirror; `make test` runs it"]
 fn virtqemud_end_to_end() {
-    bin("qemu-kvm-wrapper");
-    bin("gpu-passthrough-hook");
-    bin("gpu-passthrough");
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("e2e/virtqemud-e2e.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg(bin_dir())
-        .output()
-        .expect("run the virtqemud end-to-end script");
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    print!("{stdout}");
-    eprint!("{stderr}");
-    assert!(
-        out.status.success(),
-        "the virtqemud end-to-end test failed:\n{stdout}\n{stderr}"
-    );
-    assert!(
-        stdout.contains("virtqemud-e2e: PASS") || stdout.starts_with("SKIP:"),
-        "the script neither passed nor skipped:\n{stdout}"
-    );
+    run_script("virtqemud-e2e.sh", "virtqemud-e2e: PASS");
 }

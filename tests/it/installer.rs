@@ -149,6 +149,16 @@ impl Host {
         self.command(args).output().expect("run gpu-passthrough")
     }
 
+    /// Run with `path` as PATH (stand-ins, the real grubby's shim), commands run under
+    /// --root as on the host.
+    fn run_with(&self, path: &std::ffi::OsStr, args: &[&str]) -> Output {
+        self.command(args)
+            .env("PATH", path)
+            .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
+            .output()
+            .expect("run gpu-passthrough")
+    }
+
     fn json(&self, args: &[&str]) -> Value {
         let out = self.run(args);
         assert!(out.status.success(), "{args:?}: {}", stderr(&out));
@@ -1086,13 +1096,7 @@ fn install_runs_grubby_restorecon_dracut_and_uninstall_reverts_them() {
         "[Timer]\n",
     );
     let path = stand_ins(&host, None);
-    let run = |args: &[&str]| {
-        host.command(args)
-            .env("PATH", &path)
-            .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
-            .output()
-            .expect("run")
-    };
+    let run = |args: &[&str]| host.run_with(&path, args);
     let out = run(&["install"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let root = host.dir.path().display().to_string();
@@ -1581,13 +1585,7 @@ fn el8_install_then_uninstall_with_the_real_grubby_gives_every_byte_back() {
         return;
     };
     let before = host_files(&host);
-    let run = |args: &[&str]| {
-        host.command(args)
-            .env("PATH", &path)
-            .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
-            .output()
-            .expect("run")
-    };
+    let run = |args: &[&str]| host.run_with(&path, args);
     let out = run(&["install"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Only what was missing went in, and GRUB_CMDLINE_LINUX kept its form.
@@ -1646,13 +1644,7 @@ fn bls_round_trip(variant: &str) {
         return;
     };
     let before = host_files(&host);
-    let run = |args: &[&str]| {
-        host.command(args)
-            .env("PATH", &path)
-            .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
-            .output()
-            .expect("run")
-    };
+    let run = |args: &[&str]| host.run_with(&path, args);
     let out = run(&["install"]);
     assert!(out.status.success(), "{}", stderr(&out));
     for entry in ["5.14.0-427.el9.x86_64", "5.14.0-503.el9.x86_64", "0-rescue"] {
@@ -1692,13 +1684,7 @@ fn uninstall_keeps_changes_made_since_and_takes_out_only_what_install_added() {
     let Some(path) = real_grubby_path(&host, "el9") else {
         return;
     };
-    let run = |args: &[&str]| {
-        host.command(args)
-            .env("PATH", &path)
-            .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
-            .output()
-            .expect("run")
-    };
+    let run = |args: &[&str]| host.run_with(&path, args);
     let entry_503 = format!("boot/loader/entries/{MACHINE_ID}-5.14.0-503.el9.x86_64.conf");
     let entry_427 = format!("boot/loader/entries/{MACHINE_ID}-5.14.0-427.el9.x86_64.conf");
     let original_427 = file_text(&host, &entry_427);
