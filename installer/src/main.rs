@@ -145,6 +145,11 @@ enum Cmd {
         /// a VM may get card A's GPU and card B's audio; off by default.
         #[arg(long)]
         with_siblings: bool,
+        /// Also the settings that let Nova count GPUs against quotas: before 2026.2 a
+        /// provider config with a CUSTOM_GPU_<VENDOR>_<DEVICE> inventory per model,
+        /// flavor resources and unified limits; from 2026.2 PCI in Placement.
+        #[arg(long)]
+        quota: bool,
     },
     /// GPU-hours per project (or user, flavor, model, instance, GPU) from the usage
     /// ledger, and refusals per check.
@@ -349,6 +354,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             release,
             gpus,
             with_siblings,
+            quota,
         } => {
             if let Err(e) = nova::uses_device_spec(release) {
                 // An unknown release is a usage error: exit status 2.
@@ -371,10 +377,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             } else {
                 nova::Offer::GpuFunctionOnly
             };
-            print!(
-                "{}",
-                nova::render(&selection.usable, &left_out, release, offer)?
-            );
+            let text = nova::render(&selection.usable, &left_out, release, offer)?;
+            let quota = if *quota {
+                Some(nova::quota(&selection.usable, release)?)
+            } else {
+                None
+            };
+            if cli.json {
+                let v = serde_json::json!({ "release": release, "text": text, "quota": quota });
+                println!("{}", serde_json::to_string_pretty(&v)?);
+            } else {
+                print!("{text}");
+                if let Some(q) = &quota {
+                    print!("{}", nova::render_quota(q));
+                }
+            }
             Ok(ExitCode::SUCCESS)
         }
         Cmd::Usage {

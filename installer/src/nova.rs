@@ -27,6 +27,7 @@ pub const RELEASES: &[&str] = &[
     "epoxy",
     "flamingo",
     "gazpacho",
+    "hibiscus",
 ];
 const FIRST_WITH_DEVICE_SPEC: &str = "zed";
 /// Dated release names and their code names.
@@ -38,6 +39,7 @@ const DATED: &[(&str, &str)] = &[
     ("2025.1", "epoxy"),
     ("2025.2", "flamingo"),
     ("2026.1", "gazpacho"),
+    ("2026.2", "hibiscus"),
 ];
 
 /// Whether `release` (code name or `2024.1`) uses `device_spec`.
@@ -88,7 +90,7 @@ fn release_index(release: &str) -> Result<usize> {
         .map_or(lower.as_str(), |(_, name)| name);
     RELEASES.iter().position(|r| *r == name).ok_or_else(|| {
         anyhow::anyhow!(
-            "unknown OpenStack release {release:?}; known: {} (or 2023.1 to 2026.1)",
+            "unknown OpenStack release {release:?}; known: {} (or 2023.1 to 2026.2)",
             RELEASES.join(", ")
         )
     })
@@ -234,6 +236,275 @@ pub fn render(gpus: &[&Gpu], left_out: &[String], release: &str, offer: Offer) -
         )?;
     }
     Ok(out)
+}
+
+/// The first release whose unified limits count GPUs requested through a PCI alias,
+/// with PCI in Placement (Nova bug 2140631, fixed in May 2026).
+const FIRST_WITH_PCI_QUOTA: &str = "hibiscus";
+
+/// The resource class of a model: `CUSTOM_GPU_<VENDOR>_<DEVICE>`, from the ids like the
+/// alias, so the same model has the same class on every host.
+pub fn resource_class(vendor: u16, device: u16) -> String {
+    format!("CUSTOM_GPU_{vendor:04X}_{device:04X}")
+}
+
+/// Where the provider config goes on a compute host.
+pub const PROVIDER_CONFIG_DIR: &str = "/etc/nova/provider_config";
+const PROVIDER_CONFIG_FILE: &str = "gpu-passthrough.yaml";
+
+/// One model's quota class on this host.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct QuotaClass {
+    pub resource_class: String,
+    pub alias: String,
+    pub flavor: String,
+    pub vendor_id: String,
+    pub device_id: String,
+    pub model: Option<String>,
+    /// Passable GPUs of the model here.
+    pub count: u32,
+}
+
+/// What `nova-config --quota` says, as data (`--json`).
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct Quota {
+    pub release: String,
+    /// `provider-config` (before 2026.2) or `pci-in-placement` (2026.2 on).
+    pub method: &'static str,
+    pub classes: Vec<QuotaClass>,
+    /// nova.conf settings: section -> key -> value.
+    pub nova_conf_compute: BTreeMap<String, BTreeMap<String, String>>,
+    pub nova_conf_controller: BTreeMap<String, BTreeMap<String, String>>,
+    /// The provider config file (before 2026.2): its path and content.
+    pub provider_config_path: Option<String>,
+    pub provider_config: Option<serde_json::Value>,
+    pub commands: Vec<String>,
+    pub why_in_step: &'static str,
+}
+
+const WHY_IN_STEP: &str =
+    "The alias gives a VM its GPU (the PCI tracker and PciPassthroughFilter); \
+    the resource class is what Placement and unified limits count. A flavor with the alias but \
+    without the resource escapes the quota; a host whose inventory says more GPUs than it can \
+    pass through lets Placement send VMs that the PCI filter then refuses. Keep one resource \
+    per alias in every GPU flavor, and the inventory equal to the passable GPUs (run \
+    `gpu-passthrough nova-config --quota` again after changing the GPUs).";
+
+/// The quota settings for `gpus` under `release`.
+pub fn quota(gpus: &[&Gpu], release: &str) -> Result<Quota> {
+    let index = release_index(release)?;
+    let native = index >= release_index(FIRST_WITH_PCI_QUOTA)?;
+    if gpus.is_empty() {
+        bail!("no NVIDIA GPU found on this host that can be passed through: nothing to count");
+    }
+    let mut classes: BTreeMap<(u16, u16), QuotaClass> = BTreeMap::new();
+    for gpu in gpus {
+        let (v, d) = gpu.ids();
+        classes
+            .entry((v, d))
+            .or_insert_with(|| QuotaClass {
+                resource_class: resource_class(v, d),
+                alias: alias_name(v, d),
+                flavor: format!("gpu.{}", alias_name(v, d)),
+                vendor_id: format!("{v:04x}"),
+                device_id: format!("{d:04x}"),
+                model: gpu.functions[0].1.name.clone(),
+                count: 0,
+            })
+            .count += 1;
+    }
+    let classes: Vec<QuotaClass> = classes.into_values().collect();
+    let section = |pairs: &[(&str, &str, String)]| {
+        let mut out: BTreeMap<String, BTreeMap<String, String>> = BTreeMap::new();
+        for (s, k, v) in pairs {
+            out.entry(s.to_string())
+                .or_default()
+                .insert(k.to_string(), v.clone());
+        }
+        out
+    };
+    let mut commands = Vec::new();
+    for c in &classes {
+        commands.push(format!(
+            "openstack flavor set {} --property resources:{}=1",
+            c.flavor, c.resource_class
+        ));
+    }
+    for c in &classes {
+        commands.push(format!(
+            "openstack registered limit create --service nova --default-limit 0 class:{}",
+            c.resource_class
+        ));
+        commands.push(format!(
+            "openstack limit create --service nova --project PROJECT --resource-limit {} class:{}",
+            c.count, c.resource_class
+        ));
+    }
+    let unified = (
+        "quota",
+        "driver",
+        "nova.quota.UnifiedLimitsDriver".to_owned(),
+    );
+    Ok(if native {
+        Quota {
+            release: release.to_owned(),
+            method: "pci-in-placement",
+            nova_conf_compute: section(&[("pci", "report_in_placement", "True".into())]),
+            nova_conf_controller: section(&[
+                ("filter_scheduler", "pci_in_placement", "True".into()),
+                unified,
+            ]),
+            provider_config_path: None,
+            provider_config: None,
+            // Nova counts the PCI resource classes itself: no resources: property.
+            commands: commands
+                .into_iter()
+                .filter(|c| !c.starts_with("openstack flavor set"))
+                .collect(),
+            classes,
+            why_in_step:
+                "Nova reports each device_spec's resource_class to Placement and counts \
+                it against unified limits itself (from 2026.2): the flavor asks only for the alias.",
+        }
+    } else {
+        let additional: Vec<serde_json::Value> = classes
+            .iter()
+            .map(|c| {
+                serde_json::json!({ c.resource_class.clone(): {
+                    "total": c.count, "reserved": 0, "min_unit": 1, "max_unit": c.count,
+                    "step_size": 1, "allocation_ratio": 1.0
+                }})
+            })
+            .collect();
+        Quota {
+            release: release.to_owned(),
+            method: "provider-config",
+            nova_conf_compute: section(&[(
+                "compute",
+                "provider_config_location",
+                format!("{PROVIDER_CONFIG_DIR}/"),
+            )]),
+            nova_conf_controller: section(&[unified]),
+            provider_config_path: Some(format!("{PROVIDER_CONFIG_DIR}/{PROVIDER_CONFIG_FILE}")),
+            provider_config: Some(serde_json::json!({
+                "meta": {"schema_version": "1.0"},
+                "providers": [{
+                    "identification": {"uuid": "$COMPUTE_NODE"},
+                    "inventories": {"additional": additional},
+                }],
+            })),
+            commands,
+            classes,
+            why_in_step: WHY_IN_STEP,
+        }
+    })
+}
+
+/// A JSON value as YAML (block style), enough for the provider config: maps, lists,
+/// strings, numbers.
+fn yaml(v: &serde_json::Value, indent: usize, out: &mut String) {
+    let pad = " ".repeat(indent);
+    match v {
+        serde_json::Value::Object(map) => {
+            for (k, val) in map {
+                match val {
+                    serde_json::Value::Object(_) | serde_json::Value::Array(_) => {
+                        out.push_str(&format!("{pad}{k}:\n"));
+                        yaml(val, indent + 2, out);
+                    }
+                    _ => out.push_str(&format!("{pad}{k}: {}\n", scalar(val))),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => {
+            for item in items {
+                let mut inner = String::new();
+                yaml(item, indent + 2, &mut inner);
+                // The first line of the item goes after the dash.
+                let inner = inner.trim_start_matches(' ').to_owned();
+                out.push_str(&format!("{pad}- {inner}"));
+            }
+        }
+        other => out.push_str(&format!("{pad}{}\n", scalar(other))),
+    }
+}
+
+fn scalar(v: &serde_json::Value) -> String {
+    match v {
+        serde_json::Value::String(s) => format!("'{}'", s.replace('\'', "''")),
+        serde_json::Value::Number(n) if n.is_f64() => format!("{:.1}", n.as_f64().unwrap_or(0.0)),
+        other => other.to_string(),
+    }
+}
+
+/// The quota settings as an operator reads them.
+pub fn render_quota(q: &Quota) -> String {
+    let mut out = String::new();
+    let conf = |title: &str, c: &BTreeMap<String, BTreeMap<String, String>>, out: &mut String| {
+        out.push_str(&format!("# {title}\n"));
+        for (section, keys) in c {
+            out.push_str(&format!("[{section}]\n"));
+            for (k, v) in keys {
+                out.push_str(&format!("{k} = {v}\n"));
+            }
+        }
+    };
+    out.push_str(&format!(
+        "\n# Quotas: let Nova count GPUs ({}, {})\n",
+        q.release,
+        if q.method == "pci-in-placement" {
+            "PCI in Placement: Nova counts the aliases' resource classes itself"
+        } else {
+            "before 2026.2 Nova's unified limits do not count PCI aliases: a custom resource \
+             class per model does"
+        }
+    ));
+    for c in &q.classes {
+        out.push_str(&format!(
+            "#   {} = {} GPU(s) of {}:{} here{}\n",
+            c.resource_class,
+            c.count,
+            c.vendor_id,
+            c.device_id,
+            c.model
+                .as_deref()
+                .map(|m| format!(" ({m})"))
+                .unwrap_or_default()
+        ));
+    }
+    conf(
+        "nova.conf on this compute host:",
+        &q.nova_conf_compute,
+        &mut out,
+    );
+    if let (Some(path), Some(config)) = (&q.provider_config_path, &q.provider_config) {
+        out.push_str(&format!("# {path}:\n# --- begin provider config\n"));
+        yaml(config, 0, &mut out);
+        out.push_str("# --- end provider config\n");
+    }
+    if q.method == "pci-in-placement" {
+        out.push_str("# and in each [pci] device_spec above, the model's \"resource_class\":\n");
+        for c in &q.classes {
+            out.push_str(&format!(
+                "device_spec = {{\"vendor_id\": \"{}\", \"product_id\": \"{}\", \"resource_class\": \"{}\"}}\n",
+                c.vendor_id, c.device_id, c.resource_class
+            ));
+        }
+    }
+    conf(
+        "nova.conf on the controllers:",
+        &q.nova_conf_controller,
+        &mut out,
+    );
+    out.push_str("# Flavors and limits (PROJECT: the project's name or id):\n");
+    for c in &q.commands {
+        out.push_str(&format!("{c}\n"));
+    }
+    out.push_str(&format!(
+        "# Why they must stay in step: {}\n",
+        q.why_in_step
+    ));
+    out
 }
 
 #[cfg(test)]

@@ -2450,3 +2450,235 @@ fn dracut_and_modules_load_list_only_what_every_kernel_has() {
         "+add_drivers+=\" vfio vfio_iommu_type1 vfio_pci \""
     );
 }
+
+// Issue 13, quotas: nova-config --quota.
+
+/// Nova's provider config rules (schema 1.0 of nova/compute/provider_config.py, and
+/// the checks after it), written down again for the test: every way `config` breaks
+/// them.
+fn provider_config_errors(config: &Value) -> Vec<String> {
+    let mut errors = Vec::new();
+    let upper = |s: &str| {
+        !s.is_empty()
+            && s.len() <= 255
+            && s.bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit() || b == b'_')
+    };
+    let version = config["meta"]["schema_version"].as_str().unwrap_or("");
+    let minor_ok = version.strip_prefix("1.").is_some_and(|m| {
+        m == "0" || (!m.starts_with('0') && !m.is_empty() && m.bytes().all(|b| b.is_ascii_digit()))
+    });
+    if !minor_ok {
+        errors.push(format!("meta.schema_version {version:?} is not 1.N"));
+    } else if version != "1.0" {
+        errors.push(format!("schema {version}: Nova supports 1.0 only"));
+    }
+    let Some(providers) = config["providers"].as_array() else {
+        errors.push("providers is not a list".into());
+        return errors;
+    };
+    for (i, p) in providers.iter().enumerate() {
+        let id = p["identification"].as_object();
+        match id {
+            Some(id) if id.len() == 1 => {
+                let (k, v) = id.iter().next().expect("one");
+                let s = v.as_str().unwrap_or("");
+                let uuid_like = s.len() == 36
+                    && s.bytes().enumerate().all(|(j, b)| {
+                        if [8, 13, 18, 23].contains(&j) {
+                            b == b'-'
+                        } else {
+                            b.is_ascii_hexdigit()
+                        }
+                    });
+                match k.as_str() {
+                    "uuid" if uuid_like || s == "$COMPUTE_NODE" => {}
+                    "name" if (1..=200).contains(&s.len()) => {}
+                    _ => errors.push(format!("providers[{i}].identification {k}={v}")),
+                }
+            }
+            _ => errors.push(format!(
+                "providers[{i}].identification needs exactly one of uuid, name"
+            )),
+        }
+        let additional = p["inventories"]["additional"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        let traits = p["traits"]["additional"]
+            .as_array()
+            .cloned()
+            .unwrap_or_default();
+        if additional.is_empty() && traits.is_empty() {
+            errors.push(format!(
+                "providers[{i}] has no additional inventories or traits: Nova ignores it"
+            ));
+        }
+        for inv in &additional {
+            let Some(map) = inv.as_object() else {
+                errors.push(format!("providers[{i}]: an inventory is not a map"));
+                continue;
+            };
+            for (rc, fields) in map {
+                if !upper(rc) || !rc.starts_with("CUSTOM_") {
+                    errors.push(format!(
+                        "resource class {rc}: not a custom class (CUSTOM_[A-Z0-9_]+)"
+                    ));
+                }
+                let Some(fields) = fields.as_object() else {
+                    errors.push(format!("{rc}: not a map"));
+                    continue;
+                };
+                if !fields.contains_key("total") {
+                    errors.push(format!("{rc}: total is required"));
+                }
+                for (k, v) in fields {
+                    match k.as_str() {
+                        "total" | "reserved" | "min_unit" | "max_unit" | "step_size"
+                            if v.is_i64() || v.is_u64() => {}
+                        "allocation_ratio" if v.is_number() => {}
+                        _ => errors.push(format!("{rc}.{k} = {v}: not allowed")),
+                    }
+                }
+            }
+        }
+        for t in &traits {
+            let t = t.as_str().unwrap_or("");
+            if !upper(t) || !t.starts_with("CUSTOM_") {
+                errors.push(format!("trait {t}: not a custom trait"));
+            }
+        }
+    }
+    errors
+}
+
+#[test]
+fn nova_config_quota_before_and_after_2026_2() {
+    let host = Host::with_gpus();
+    host.sysfs.add(&f(
+        "0000:af:00.0",
+        0x10de,
+        0x1eb8,
+        0x030200,
+        Some("vfio-pci"),
+        60,
+    ));
+
+    // Before 2026.2: a provider config Nova accepts, flavor resources, unified limits.
+    let v = host.json(&["nova-config", "--release", "2025.1", "--quota", "--json"]);
+    let q = &v["quota"];
+    assert_eq!(q["method"], "provider-config");
+    let classes: Vec<(String, u64)> = q["classes"]
+        .as_array()
+        .expect("classes")
+        .iter()
+        .map(|c| {
+            (
+                c["resource_class"].as_str().expect("rc").to_owned(),
+                c["count"].as_u64().expect("n"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        classes,
+        vec![
+            ("CUSTOM_GPU_10DE_1B02".to_owned(), 1),
+            ("CUSTOM_GPU_10DE_1E87".to_owned(), 1),
+            ("CUSTOM_GPU_10DE_1EB8".to_owned(), 2),
+        ]
+    );
+    let config = &q["provider_config"];
+    assert_eq!(
+        provider_config_errors(config),
+        Vec::<String>::new(),
+        "{config}"
+    );
+    assert_eq!(
+        config["providers"][0]["inventories"]["additional"][2]["CUSTOM_GPU_10DE_1EB8"],
+        serde_json::json!({"total": 2, "reserved": 0, "min_unit": 1, "max_unit": 2, "step_size": 1, "allocation_ratio": 1.0})
+    );
+    assert_eq!(
+        q["nova_conf_compute"]["compute"]["provider_config_location"],
+        "/etc/nova/provider_config/"
+    );
+    assert_eq!(
+        q["nova_conf_controller"]["quota"]["driver"],
+        "nova.quota.UnifiedLimitsDriver"
+    );
+    let commands: Vec<&str> = q["commands"]
+        .as_array()
+        .expect("commands")
+        .iter()
+        .map(|c| c.as_str().expect("str"))
+        .collect();
+    assert!(
+        commands.contains(
+            &"openstack flavor set gpu.10de_1eb8 --property resources:CUSTOM_GPU_10DE_1EB8=1"
+        ),
+        "{commands:?}"
+    );
+    assert!(commands.contains(&"openstack registered limit create --service nova --default-limit 0 class:CUSTOM_GPU_10DE_1EB8"), "{commands:?}");
+    assert!(commands.contains(&"openstack limit create --service nova --project PROJECT --resource-limit 2 class:CUSTOM_GPU_10DE_1EB8"), "{commands:?}");
+
+    // The YAML the text output shows is the same document (read by PyYAML, as Nova does).
+    let text = stdout(&host.run(&["nova-config", "--release", "2025.1", "--quota"]));
+    let yaml: String = text
+        .split("# --- begin provider config\n")
+        .nth(1)
+        .and_then(|rest| rest.split("# --- end provider config\n").next())
+        .unwrap_or_else(|| panic!("no provider config in:\n{text}"))
+        .to_owned();
+    assert!(text.contains("# Why they must stay in step: "), "{text}");
+    let mut py = Command::new("/usr/bin/python3")
+        .args([
+            "-c",
+            "import sys, json, yaml; print(json.dumps(yaml.safe_load(sys.stdin)))",
+        ])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("python3 with PyYAML");
+    use std::io::Write as _;
+    py.stdin
+        .take()
+        .expect("stdin")
+        .write_all(yaml.as_bytes())
+        .expect("feed");
+    let out = py.wait_with_output().expect("python3");
+    assert!(out.status.success(), "PyYAML could not read:\n{yaml}");
+    let parsed: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(&parsed, config, "YAML:\n{yaml}");
+
+    // The rules can fail: a class Nova would reject, a missing total.
+    let mut broken = config.clone();
+    broken["providers"][0]["inventories"]["additional"][0] =
+        serde_json::json!({"gpu": {"reserved": 0}});
+    assert_eq!(
+        provider_config_errors(&broken),
+        vec![
+            "resource class gpu: not a custom class (CUSTOM_[A-Z0-9_]+)".to_owned(),
+            "gpu: total is required".to_owned()
+        ]
+    );
+
+    // From 2026.2: PCI in Placement, no provider config, no resources: property.
+    let v = host.json(&["nova-config", "--release", "2026.2", "--quota", "--json"]);
+    let q = &v["quota"];
+    assert_eq!(q["method"], "pci-in-placement");
+    assert_eq!(q["provider_config"], Value::Null);
+    assert_eq!(q["nova_conf_compute"]["pci"]["report_in_placement"], "True");
+    assert_eq!(
+        q["nova_conf_controller"]["filter_scheduler"]["pci_in_placement"],
+        "True"
+    );
+    assert!(
+        !q["commands"].to_string().contains("resources:"),
+        "{}",
+        q["commands"]
+    );
+    let text = stdout(&host.run(&["nova-config", "--release", "hibiscus", "--quota"]));
+    assert!(
+        text.contains("device_spec = {\"vendor_id\": \"10de\", \"product_id\": \"1eb8\", \"resource_class\": \"CUSTOM_GPU_10DE_1EB8\"}\n"),
+        "{text}"
+    );
+}
