@@ -32,6 +32,48 @@ pub struct Config {
     pub wrapper: WrapperConfig,
     pub hook: HookConfig,
     pub metrics: MetricsConfig,
+    pub bookings: BookingsConfig,
+}
+
+/// `[bookings]`: whether a GPU start needs a booking.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BookingsConfig {
+    pub mode: BookingsMode,
+    /// The bookings file.
+    pub file: PathBuf,
+    /// A booking with a `user` covers only that user's VMs.
+    pub match_user: bool,
+}
+
+/// Where the bookings file lives by default.
+pub const DEFAULT_BOOKINGS_FILE: &str = "/etc/gpu-passthrough/bookings.json";
+
+impl Default for BookingsConfig {
+    fn default() -> Self {
+        BookingsConfig {
+            mode: BookingsMode::Off,
+            file: PathBuf::from(DEFAULT_BOOKINGS_FILE),
+            match_user: false,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BookingsMode {
+    /// Bookings are not looked at.
+    Off,
+    /// A start without a booking is logged, and starts.
+    Warn,
+    /// A start without a booking is refused.
+    Enforce,
+}
+
+impl BookingsMode {
+    const NAMES: [(&'static str, BookingsMode); 3] = [
+        ("off", BookingsMode::Off),
+        ("warn", BookingsMode::Warn),
+        ("enforce", BookingsMode::Enforce),
+    ];
 }
 
 /// `[metrics]`: where `gpu-passthrough metrics` writes for node_exporter.
@@ -239,7 +281,7 @@ pub fn parse(text: &str) -> Parsed {
                 line,
                 unknown: true,
                 key: Some(name.get_ref().to_string()),
-                message: "unknown top-level key, ignored; this version knows [wrapper], [hook] and [metrics]"
+                message: "unknown top-level key, ignored; this version knows [wrapper], [hook], [metrics] and [bookings]"
                     .into(),
             });
             continue;
@@ -253,12 +295,13 @@ pub fn parse(text: &str) -> Parsed {
             "wrapper" => section.wrapper(table, &mut config.wrapper),
             "hook" => section.hook(table, &mut config.hook),
             "metrics" => section.metrics(table, &mut config.metrics),
+            "bookings" => section.bookings(table, &mut config.bookings),
             _ => section.problems.push(Problem {
                 line,
                 unknown: true,
                 key: Some(name.get_ref().to_string()),
                 message:
-                    "unknown section, ignored; this version knows [wrapper], [hook] and [metrics]"
+                    "unknown section, ignored; this version knows [wrapper], [hook], [metrics] and [bookings]"
                         .into(),
             }),
         }
@@ -321,6 +364,25 @@ impl Section<'_> {
                     })
                 }
                 _ => self.unknown(entry, "mode, reserved_host_memory_mib"),
+            }
+        }
+    }
+
+    fn bookings(&mut self, table: &DeTable<'_>, out: &mut BookingsConfig) {
+        for entry in table.iter() {
+            match entry.0.get_ref().as_ref() {
+                "mode" => self.apply(entry, &mut out.mode, |v| one_of(v, &BookingsMode::NAMES)),
+                "file" => self.apply(entry, &mut out.file, |v| {
+                    let path = v.as_str().ok_or("expected a string: the bookings file")?;
+                    if !path.starts_with('/') {
+                        return Err(format!("must be an absolute path, got {path:?}"));
+                    }
+                    Ok(PathBuf::from(path))
+                }),
+                "match_user" => self.apply(entry, &mut out.match_user, |v| {
+                    v.as_bool().ok_or_else(|| "expected true or false".into())
+                }),
+                _ => self.unknown(entry, "mode, file, match_user"),
             }
         }
     }
@@ -533,7 +595,9 @@ mod tests {
             .replace("\n#apply_to", "\napply_to")
             .replace("\n#mode", "\nmode")
             .replace("\n#reserved_host_memory_mib", "\nreserved_host_memory_mib")
-            .replace("\n#textfile_dir", "\ntextfile_dir");
+            .replace("\n#textfile_dir", "\ntextfile_dir")
+            .replace("\n#file", "\nfile")
+            .replace("\n#match_user", "\nmatch_user");
         let parsed = parse(&uncommented);
         assert_eq!(parsed.problems, vec![]);
         assert_eq!(parsed.config, Config::default());
@@ -542,7 +606,7 @@ mod tests {
                 .lines()
                 .filter(|l| l.contains(" = ") && !l.starts_with('#'))
                 .count(),
-            7
+            10
         );
     }
 
@@ -666,7 +730,7 @@ reserved_host_memory_mib = 8_192
             loaded.warnings,
             vec![
                 format!("{shown}: line 3: hook.future_knob: unknown key, ignored; [hook] has mode, reserved_host_memory_mib in this version"),
-                format!("{shown}: line 4: telemetry: unknown section, ignored; this version knows [wrapper], [hook] and [metrics]"),
+                format!("{shown}: line 4: telemetry: unknown section, ignored; this version knows [wrapper], [hook], [metrics] and [bookings]"),
             ]
         );
         // A bad value of a known key next to an unknown one is still an error.

@@ -5,6 +5,8 @@
 //! [`sysfs_root_from_env`] and [`config::path_from_env`] resolve.
 
 #[cfg(feature = "host")]
+pub mod bookings;
+#[cfg(feature = "host")]
 pub mod checks;
 pub mod config;
 #[cfg(feature = "host")]

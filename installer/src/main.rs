@@ -1,5 +1,6 @@
 //! gpu-passthrough: the operator's CLI for GPU passthrough hypervisors.
 
+mod bookings;
 mod check;
 mod cmdline;
 mod divert;
@@ -151,6 +152,16 @@ enum Cmd {
         #[arg(long)]
         quota: bool,
     },
+    /// GPU bookings: list those of this host, the running GPU VMs without one,
+    /// import a calendar's export.
+    ///
+    /// The file is [bookings] file (default /etc/gpu-passthrough/bookings.json);
+    /// with [bookings] mode = "enforce" the hook refuses a Nova GPU start that no
+    /// booking of its project covers. Its format is in the README.
+    Bookings {
+        #[command(subcommand)]
+        command: BookingsCmd,
+    },
     /// GPU-hours per project (or user, flavor, model, instance, GPU) from the usage
     /// ledger, and refusals per check.
     ///
@@ -189,6 +200,20 @@ enum Cmd {
     /// Write man pages for gpu-passthrough and its commands into DIR.
     #[command(hide = true)]
     Man { dir: PathBuf },
+}
+
+#[derive(Debug, Subcommand)]
+enum BookingsCmd {
+    /// The bookings that apply to this host, now and upcoming, as in the file.
+    List,
+    /// Running GPU VMs that no booking covers (exit 0 either way).
+    Violations,
+    /// Replace the bookings file with FILE (JSON in the bookings format), atomically,
+    /// after checking every booking: an export is the whole truth.
+    Import {
+        /// The export: FILE.json.
+        file: PathBuf,
+    },
 }
 
 fn main() -> ExitCode {
@@ -394,6 +419,50 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Cmd::Bookings { command } => {
+            let config = load_config(&paths)?;
+            let file = under(&paths.root, &config.bookings.file.to_string_lossy());
+            let now = jiff::Timestamp::now();
+            let hostname = host_model::ledger::hostname(&paths.proc_root);
+            match command {
+                BookingsCmd::Import { file: source } => {
+                    let n = bookings::import(source, &file)?;
+                    println!(
+                        "wrote {} ({n} booking(s) from {})",
+                        file.display(),
+                        source.display()
+                    );
+                }
+                BookingsCmd::List => {
+                    let all = host_model::bookings::load(&file)?;
+                    let rows = bookings::list_rows(&bookings::list(&all, &hostname, now), now);
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&rows)?);
+                    } else {
+                        print!("{}", bookings::list_table(&rows));
+                    }
+                }
+                BookingsCmd::Violations => {
+                    let all = host_model::bookings::load(&file)?;
+                    let inventory = read_inventory(&paths)?;
+                    let v = bookings::violations(
+                        &all,
+                        &hostname,
+                        config.bookings.match_user,
+                        now,
+                        &inventory.running,
+                        &paths.sysfs,
+                        &host_model::ledger::usage_dir(&paths.state_dir()),
+                    )?;
+                    if cli.json {
+                        println!("{}", serde_json::to_string_pretty(&v)?);
+                    } else {
+                        print!("{}", bookings::violations_table(&v));
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
         Cmd::Usage {
             since,
             until,
@@ -443,7 +512,25 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 }
             }
             let gpus = inventory.passthrough(&under(&paths.root, install::MODPROBE));
-            let text = metrics::render(&inventory, &gpus, &tally, &paths.sysfs, now);
+            let mut text = metrics::render(&inventory, &gpus, &tally, &paths.sysfs, now);
+            if config.bookings.mode != host_model::config::BookingsMode::Off {
+                let file = under(&paths.root, &config.bookings.file.to_string_lossy());
+                match host_model::bookings::load(&file) {
+                    Ok(all) => {
+                        let v = bookings::violations(
+                            &all,
+                            &host_model::ledger::hostname(&paths.proc_root),
+                            config.bookings.match_user,
+                            now,
+                            &inventory.running,
+                            &paths.sysfs,
+                            &usage_dir,
+                        )?;
+                        text.push_str(&metrics::unbooked(&inventory, &v));
+                    }
+                    Err(e) => eprintln!("gpu-passthrough: warning: no unbooked-GPU series: {e}"),
+                }
+            }
             metrics::write(&dir, &text)?;
             Ok(ExitCode::SUCCESS)
         }

@@ -338,6 +338,44 @@ pub fn render(
     out
 }
 
+/// `gpu_passthrough_unbooked_gpu_in_use`: for each GPU a running Nova VM holds, 1 when
+/// no booking covers it (a violation), else 0. Only when bookings are not off.
+pub fn unbooked(inventory: &Inventory, violations: &[crate::bookings::Violation]) -> String {
+    let mut out = String::new();
+    header(
+        &mut out,
+        "gpu_passthrough_unbooked_gpu_in_use",
+        "gauge",
+        "A GPU a running Nova VM holds without a booking that covers it (1), or with one (0).",
+    );
+    for d in inventory.running.iter().filter(|d| d.nova.is_some()) {
+        let nova = d.nova.as_ref().expect("filtered");
+        for h in &d.hostdevs {
+            let address = h.address.to_string();
+            let Some(f) = inventory.functions.get(&h.address) else {
+                continue;
+            };
+            if pci::base_class(f.class) != pci::CLASS_DISPLAY {
+                continue;
+            }
+            let unbooked = violations
+                .iter()
+                .any(|v| v.domain == d.name && v.gpus.contains(&address));
+            sample(
+                &mut out,
+                "gpu_passthrough_unbooked_gpu_in_use",
+                &[
+                    ("address", &address),
+                    ("instance_id", d.uuid.as_deref().unwrap_or("")),
+                    ("project_id", nova.project_id.as_deref().unwrap_or("")),
+                ],
+                u8::from(unbooked),
+            );
+        }
+    }
+    out
+}
+
 /// Write `text` as DIR/gpu_passthrough.prom, atomically (node_exporter reads only
 /// `*.prom`, never the temp file).
 pub fn write(textfile_dir: &Path, text: &str) -> Result<std::path::PathBuf> {

@@ -13,8 +13,8 @@ use std::io::{self, Read, Write};
 use std::path::Path;
 use std::process::ExitCode;
 
-use host_model::checks::{check_domain, HostPaths, Report, Severity};
-use host_model::config::{self, HookMode};
+use host_model::checks::{check_bookings, check_domain, HostPaths, Report, Severity};
+use host_model::config::{self, BookingsMode, HookMode};
 use host_model::domain::Domain;
 use host_model::ledger::{self, Event, Record};
 
@@ -184,12 +184,12 @@ fn prepare(name: &str) -> ExitCode {
         return refuse(format!("cannot read domain '{name}' from stdin: {e}"));
     }
     let config_path = config::path_from_env();
-    let config = match config::load(&config_path) {
+    let (config, bookings) = match config::load(&config_path) {
         Ok(loaded) => {
             for warning in &loaded.warnings {
                 log.warning(warning);
             }
-            loaded.config.hook
+            (loaded.config.hook, loaded.config.bookings)
         }
         Err(e) => {
             return refuse(format!(
@@ -228,9 +228,34 @@ fn prepare(name: &str) -> ExitCode {
         return ExitCode::SUCCESS;
     }
 
-    let mut report = check_domain(&domain, &HostPaths::from_env(), &config);
-    match (report.worst(), config.mode) {
-        (Severity::Fail, HookMode::Enforce) => {
+    let host = HostPaths::from_env();
+    let mut report = check_domain(&domain, &host, &config);
+    match check_bookings(
+        &domain,
+        &host,
+        &bookings,
+        &bookings.file,
+        &ledger::hostname(&host.proc_root),
+        jiff::Timestamp::now(),
+    ) {
+        Some(findings) => report.findings.extend(findings),
+        None if bookings.mode != BookingsMode::Off => log.info(&format!(
+            "domain {}: no Nova metadata, so not subject to bookings",
+            report.domain
+        )),
+        None => {}
+    }
+    // [hook] mode = "warn" lets the host's checks refuse nothing; a booking FAIL (only in
+    // [bookings] mode = "enforce") refuses whatever [hook] mode says.
+    let refused = report
+        .at_least(Severity::Fail)
+        .any(|f| f.check == "booking" || config.mode == HookMode::Enforce);
+    let verdict = match report.worst() {
+        Severity::Fail if !refused => Severity::Warn,
+        worst => worst,
+    };
+    match verdict {
+        Severity::Fail => {
             let mut checks: Vec<String> = Vec::new();
             for f in report.at_least(Severity::Fail) {
                 if !checks.iter().any(|c| c == f.check) {
@@ -242,7 +267,7 @@ fn prepare(name: &str) -> ExitCode {
             }
             refuse(refusal_paragraph(&mut report, &config_path))
         }
-        (Severity::Pass, _) => {
+        Severity::Pass => {
             log.info(&format!(
                 "domain {}: {} host device(s), every check passed",
                 report.domain,
@@ -250,7 +275,7 @@ fn prepare(name: &str) -> ExitCode {
             ));
             ExitCode::SUCCESS
         }
-        _ => {
+        Severity::Warn => {
             let mut text = format!("domain {}: starting despite:", report.domain);
             for line in report.lines(Severity::Warn) {
                 text.push_str(&format!("\n  {line}"));
@@ -268,8 +293,12 @@ fn refusal_paragraph(report: &mut Report, config_path: &Path) -> String {
     for line in report.lines(Severity::Fail) {
         text.push_str(&format!("\n  {line}"));
     }
+    let booking = report
+        .at_least(Severity::Fail)
+        .any(|f| f.check == "booking");
     text.push_str(&format!(
-        "\nTo start it anyway, set [hook] mode = \"warn\" in {}.",
+        "\nTo start it anyway, set [{}] mode = \"warn\" in {}.",
+        if booking { "bookings" } else { "hook" },
         config_path.display()
     ));
     text

@@ -991,3 +991,167 @@ fn a_ledger_that_cannot_be_written_never_fails_an_operation() {
     assert_allowed(&out);
     assert!(stderr(&out).contains("does not parse"), "{}", stderr(&out));
 }
+
+// Issue 13: bookings enforced at prepare begin, called exactly as libvirt calls the hook.
+
+fn booking(id: &str, project: &str, target: &str, start: &str, end: &str) -> String {
+    format!(
+        "{{\"id\": \"{id}\", \"project\": \"{project}\", {target}, \"start\": \"{start}\", \"end\": \"{end}\"}}"
+    )
+}
+
+fn bookings_file(host: &Host, entries: &[String]) {
+    write_file(
+        &host.path("bookings.json"),
+        format!("{{\"bookings\": [\n{}\n]}}\n", entries.join(",\n")),
+    );
+}
+
+#[test]
+fn a_gpu_start_without_a_booking_is_refused_in_enforce_mode_and_logged_in_warn_mode() {
+    let host = Host::new();
+    let bookings = host.path("bookings.json");
+    host.config(&format!(
+        "[bookings]\nmode = \"enforce\"\nfile = {:?}\n",
+        bookings.display().to_string()
+    ));
+    let xml = domain("instance-0000002a", 4, &both_functions(), NOVA_METADATA);
+    let name = "instance-0000002a";
+
+    // The project's booking of this very GPU covers now: it starts.
+    bookings_file(
+        &host,
+        &[booking(
+            "b1",
+            "climate-lab",
+            "\"gpu\": \"0000:18:00.0\"",
+            "2000-01-01T00:00:00Z",
+            "2100-01-01T00:00:00Z",
+        )],
+    );
+    assert_allowed(&host.prepare(name, &xml));
+
+    // Another project's booking, and this project's next one in 2099.
+    bookings_file(
+        &host,
+        &[
+            booking(
+                "b2",
+                "genome",
+                "\"gpu\": \"0000:18:00.0\"",
+                "2000-01-01T00:00:00Z",
+                "2100-01-01T00:00:00Z",
+            ),
+            booking(
+                "b3",
+                "p",
+                "\"model\": \"10de:1b02\"",
+                "2099-01-01T00:00:00Z",
+                "2099-02-01T00:00:00Z",
+            ),
+        ],
+    );
+    let out = host.prepare(name, &xml);
+    assert_refused(
+        &out,
+        name,
+        &[
+            "FAIL booking: 0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp]): project 'climate-lab' has no booking that covers this GPU now: none of the project's bookings for it covers now",
+            "its next one that would cover it: b3 (p, 1 x 10de:1b02, 2099-01-01T00:00:00Z to 2099-02-01T00:00:00Z)",
+            "set [bookings] mode = \"warn\"",
+        ],
+    );
+    let refused = host.ledger().pop().expect("a refusal record");
+    assert_eq!(refused["event"], "refused");
+    assert_eq!(refused["checks"], serde_json::json!(["booking"]));
+
+    // A model booking of count 1 that a running VM of the project already uses.
+    bookings_file(
+        &host,
+        &[booking(
+            "b4",
+            "climate-lab",
+            "\"model\": \"10de:1b02\", \"count\": 1",
+            "2000-01-01T00:00:00Z",
+            "2100-01-01T00:00:00Z",
+        )],
+    );
+    let t4 = "0000:af:00.0";
+    host.function(t4, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(40));
+    host.running(
+        "instance-00000001",
+        &domain("instance-00000001", 4, &[(t4, true)], NOVA_METADATA).replace(
+            "<uuid>00000000-0000-0000-0000-696e7374616e</uuid>",
+            "<uuid>00000000-0000-0000-0000-000000000001</uuid>",
+        ),
+    );
+    assert_refused(
+        &host.prepare(name, &xml),
+        name,
+        &["the project's bookings that cover now are used up by its running VMs"],
+    );
+
+    // warn: the same words, and it starts.
+    host.config(&format!(
+        "[bookings]\nmode = \"warn\"\nfile = {:?}\n",
+        bookings.display().to_string()
+    ));
+    let out = host.prepare(name, &xml);
+    assert_allowed(&out);
+    assert!(
+        stderr(&out).contains("WARN booking: 0000:18:00.0"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A domain without Nova's metadata is not subject to bookings.
+    host.config(&format!(
+        "[bookings]\nmode = \"enforce\"\nfile = {:?}\n",
+        bookings.display().to_string()
+    ));
+    assert_allowed(&host.prepare("plain-gpu", &domain("plain-gpu", 4, &both_functions(), "")));
+}
+
+#[test]
+fn a_broken_or_missing_bookings_file_refuses_in_enforce_and_warns_in_warn() {
+    let host = Host::new();
+    let bookings = host.path("bookings.json");
+    let name = "instance-0000002a";
+    let xml = domain(name, 4, &both_functions(), NOVA_METADATA);
+    for (mode, content) in [
+        ("enforce", None),
+        ("enforce", Some("{\"bookings\": [\n  {\"id\": \"x\",}\n]}")),
+        ("warn", Some("not json")),
+    ] {
+        host.config(&format!(
+            "[bookings]\nmode = {mode:?}\nfile = {:?}\n",
+            bookings.display().to_string()
+        ));
+        match content {
+            Some(c) => write_file(&bookings, c),
+            None => {
+                let _ = std::fs::remove_file(&bookings);
+            }
+        }
+        let out = host.prepare(name, &xml);
+        let err = stderr(&out);
+        if mode == "enforce" {
+            assert_refused(
+                &out,
+                name,
+                &["the bookings file cannot be used", "bookings.json"],
+            );
+            if content.is_some() {
+                assert!(err.contains("bookings.json: line 2, column"), "{err}");
+            } else {
+                assert!(err.contains("cannot read it"), "{err}");
+            }
+        } else {
+            assert_allowed(&out);
+            assert!(
+                err.contains("WARN booking: the bookings file cannot be used"),
+                "{err}"
+            );
+        }
+    }
+}

@@ -2682,3 +2682,143 @@ fn nova_config_quota_before_and_after_2026_2() {
         "{text}"
     );
 }
+
+// Issue 13: bookings list, violations, import, and the metrics gauge.
+
+#[test]
+fn bookings_list_violations_import_and_the_unbooked_gauge() {
+    let host = Host::with_gpus();
+    let nova = |name: &str, uuid: &str| {
+        format!(
+            "<uuid>{uuid}</uuid><metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'><nova:name>{name}</nova:name><nova:owner><nova:user uuid='u1'>alice</nova:user><nova:project uuid='p1'>climate</nova:project></nova:owner></nova:instance></metadata>"
+        )
+    };
+    host.running(
+        "instance-a",
+        &["0000:18:00.0", "0000:18:00.1"],
+        &nova("vm-a", "ua"),
+    );
+    host.running("instance-b", &["0000:3b:00.0"], &nova("vm-b", "ub"));
+    let climate = ("p1", "climate");
+    write_file(
+        &host.path("var/lib/gpu-passthrough/usage/2026-11.jsonl"),
+        [
+            ledger_line(
+                "2026-11-01T08:00:00Z",
+                "start",
+                "a",
+                climate,
+                "alice",
+                "g1",
+                &[("0000:18:00.0", "1b02")],
+                None,
+            )
+            .replace("uuid-a", "ua"),
+            ledger_line(
+                "2026-11-02T08:00:00Z",
+                "start",
+                "b",
+                climate,
+                "alice",
+                "g1",
+                &[("0000:3b:00.0", "1eb8")],
+                None,
+            )
+            .replace("uuid-b", "ub"),
+        ]
+        .join("\n")
+            + "\n",
+    );
+    let bookings = serde_json::json!({"bookings": [
+        {"id": "b1", "project": "climate", "gpu": "0000:18:00.0", "start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"},
+        {"id": "b2", "project": "p1", "model": "10de:1eb8", "start": "2026-11-01T00:00:00Z", "end": "2026-11-20T00:00:00Z"},
+        {"id": "b3", "project": "genome", "model": "10de:1eb8", "count": 2, "start": "2099-01-01T00:00:00Z", "end": "2099-01-02T00:00:00Z"},
+        {"id": "b4", "project": "climate", "host": "other-node", "model": "10de:1eb8", "start": "2000-01-01T00:00:00Z", "end": "2100-01-01T00:00:00Z"},
+    ]});
+    write_file(&host.path("export.json"), bookings.to_string());
+    write_file(
+        &host.path("etc/gpu-passthrough/config.toml"),
+        "[bookings]\nmode = \"enforce\"\n",
+    );
+    let run = |args: &[&str]| {
+        host.command(args)
+            .env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1.example.org")
+            .output()
+            .expect("run")
+    };
+    let export = host.path("export.json").to_string_lossy().into_owned();
+    let out = run(&["bookings", "import", &export]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(host.path("etc/gpu-passthrough/bookings.json")).expect("written"),
+        bookings.to_string()
+    );
+
+    let out = run(&["--json", "bookings", "list"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    let ids: Vec<(&str, &str)> = v
+        .as_array()
+        .expect("list")
+        .iter()
+        .map(|b| {
+            (
+                b["id"].as_str().expect("id"),
+                b["status"].as_str().expect("status"),
+            )
+        })
+        .collect();
+    assert_eq!(
+        ids,
+        vec![("b1", "now"), ("b3", "upcoming")],
+        "b2 ended, b4 is another host's"
+    );
+
+    // vm-b's booking (b2) ended while it runs: a violation.
+    let out = run(&["--json", "bookings", "violations"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+    assert_eq!(
+        v,
+        serde_json::json!([{
+            "domain": "instance-b", "instance_id": "ub", "instance_name": "vm-b",
+            "project_id": "p1", "project_name": "climate", "user_name": "alice",
+            "gpus": ["0000:3b:00.0"], "since": "2026-11-02T08:00:00Z",
+            "booking_ended": "2026-11-20T00:00:00Z"
+        }])
+    );
+    assert!(
+        stdout(&run(&["bookings", "violations"])).contains("instance-b (vm-b, project climate, user alice): GPU 0000:3b:00.0 without a booking since 2026-11-02T08:00:00Z; its booking ended 2026-11-20T00:00:00Z"),
+    );
+
+    // The gauge for alerting.
+    let textfiles = host.path("textfiles");
+    let out = run(&["metrics", "--textfile-dir", &textfiles.to_string_lossy()]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let prom = std::fs::read_to_string(textfiles.join("gpu_passthrough.prom")).expect("prom");
+    let unbooked: Vec<&str> = prom
+        .lines()
+        .filter(|l| l.starts_with("gpu_passthrough_unbooked_gpu_in_use{"))
+        .collect();
+    assert_eq!(
+        unbooked,
+        vec![
+            "gpu_passthrough_unbooked_gpu_in_use{address=\"0000:18:00.0\",instance_id=\"ua\",project_id=\"p1\"} 0",
+            "gpu_passthrough_unbooked_gpu_in_use{address=\"0000:3b:00.0\",instance_id=\"ub\",project_id=\"p1\"} 1",
+        ]
+    );
+
+    // Bad input: a booking that cannot be, an iCalendar export (not built yet).
+    write_file(&host.path("bad.json"), "{\"bookings\": [{\"id\": \"x\", \"project\": \"p\", \"gpu\": \"18:00.0\", \"start\": \"2026-11-02T00:00:00Z\", \"end\": \"2026-11-01T00:00:00Z\"}]}");
+    let bad = host.path("bad.json").to_string_lossy().into_owned();
+    assert_exit(
+        &run(&["bookings", "import", &bad]),
+        1,
+        "booking 1 (\"x\"): end is not after start",
+    );
+    assert_eq!(
+        std::fs::read_to_string(host.path("etc/gpu-passthrough/bookings.json")).expect("kept"),
+        bookings.to_string(),
+        "a bad export changes nothing"
+    );
+}
