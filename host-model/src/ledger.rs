@@ -582,9 +582,10 @@ impl Tally {
         let (keys, per_gpu, since, end_of_window) = tally;
         let start = start.max(since);
         let end = end.min(end_of_window);
-        if end <= start {
+        if end < start {
             return;
         }
+        // A row from the first instant (0 hours): its counter series starts at zero.
         let hours = end.duration_since(start).as_secs_f64() / 3600.0;
         if per_gpu {
             for g in &r.gpus {

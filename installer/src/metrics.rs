@@ -204,9 +204,6 @@ pub fn render(
                 .and_then(|(_, v)| v.clone())
                 .unwrap_or_default()
         };
-        if row.gpu_hours <= 0.0 {
-            continue;
-        }
         let model = match field("model") {
             m if !m.is_empty() => m,
             _ => format!("{}:{}", field("vendor_id"), field("device_id")),

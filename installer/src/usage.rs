@@ -91,7 +91,12 @@ pub fn report(
     for p in &problems {
         eprintln!("gpu-passthrough: warning: {p}");
     }
-    let rows = tally.rows();
+    // A VM that started at the window's very end has a row of 0 hours: not worth a line.
+    let rows: Vec<UsageRow> = tally
+        .rows()
+        .into_iter()
+        .filter(|r| r.gpu_hours > 0.0 || r.refusals > 0)
+        .collect();
     Ok(match format {
         Format::Json => serde_json::to_string_pretty(&json_rows(&rows))? + "\n",
         Format::Csv => csv(&rows, &keys),
