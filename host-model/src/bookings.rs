@@ -168,12 +168,6 @@ pub fn parse(text: &str) -> Result<Vec<Booking>, String> {
 /// which must stay fast with thousands of other projects' bookings in the file. The
 /// file's JSON is checked whole; `names` empty means every booking.
 pub fn parse_matching(text: &str, names: &[&str]) -> Result<Vec<Booking>, String> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct Raw<'a> {
-        #[serde(borrow)]
-        bookings: Vec<&'a serde_json::value::RawValue>,
-    }
     let syntax = |e: serde_json::Error| {
         format!(
             "line {}, column {}: {e}; expected {{\"bookings\": [{{\"id\", \"project\", \"start\", \"end\", ...}}]}}",
@@ -181,21 +175,44 @@ pub fn parse_matching(text: &str, names: &[&str]) -> Result<Vec<Booking>, String
             e.column()
         )
     };
+    // The whole document's JSON is checked; each booking is only delimited here.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Raw<'a> {
+        #[serde(borrow)]
+        bookings: Vec<&'a serde_json::value::RawValue>,
+    }
     let raw: Raw<'_> = serde_json::from_str(text).map_err(syntax)?;
+    let base = text.as_ptr() as usize;
+    let entries: Vec<(usize, usize)> = raw
+        .bookings
+        .iter()
+        .map(|r| {
+            let start = r.get().as_ptr() as usize - base;
+            (start, start + r.get().len())
+        })
+        .collect();
     let quoted: Vec<String> = names
         .iter()
         .map(|n| serde_json::to_string(n).expect("a string serializes"))
         .collect();
+    // Where the names stand in the text: one search each over the whole file, not one
+    // per booking.
+    let mut hits: Vec<usize> = quoted
+        .iter()
+        .flat_map(|q| memchr::memmem::find_iter(text.as_bytes(), q.as_bytes()))
+        .collect();
+    hits.sort_unstable();
     let mut out = Vec::new();
-    for (i, r) in raw.bookings.iter().enumerate() {
-        let s = r.get();
-        if !quoted.is_empty() && !quoted.iter().any(|q| s.contains(q.as_str())) {
+    for (i, &(start, end)) in entries.iter().enumerate() {
+        let first = hits.partition_point(|&h| h < start);
+        if !quoted.is_empty() && hits.get(first).is_none_or(|&h| h >= end) {
             continue;
         }
+        let s = &text[start..end];
         let entry: Entry = serde_json::from_str(s).map_err(|e| {
             // The position within the file: the entry's offset plus the error's.
-            let offset = s.as_ptr() as usize - text.as_ptr() as usize;
-            let line = text[..offset].matches('\n').count() + e.line();
+            let line = text[..start].matches('\n').count() + e.line();
             format!("line {line}: booking {}: {e}", i + 1)
         })?;
         out.push(check_entry(i, entry)?);
@@ -493,6 +510,13 @@ mod tests {
         assert!(e.starts_with("line 2: booking 1: invalid type"), "{e}");
         let e = parse("{\"bookings\": [\n{\"id\": \"x\"},]}").expect_err("syntax");
         assert!(e.starts_with("line 2, column"), "{e}");
+        // The hook's view checks the whole document's JSON too, not only its project's.
+        let e = parse_matching(
+            "{\"bookings\": [\n{\"id\": \"x\", \"project\": \"q\"\n",
+            &["p"],
+        )
+        .expect_err("truncated");
+        assert!(e.starts_with("line 3, column"), "{e}");
         let e = parse(r#"{"bookings": [{"id": "x", "project": "p", "start": "2026-11-02T00:00:00Z", "end": "2026-11-01T00:00:00Z"}]}"#).expect_err("order");
         assert_eq!(e, "booking 1 (\"x\"): end is not after start");
         let e = parse(r#"{"bookings": [{"id": "x", "project": "p", "model": "nvidia", "start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}]}"#).expect_err("model");
