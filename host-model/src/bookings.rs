@@ -23,6 +23,8 @@ use crate::domain::NovaInstance;
 use crate::ledger::GpuRef;
 use crate::pci::PciAddress;
 
+pub mod index;
+
 /// One booking as the file holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -168,6 +170,13 @@ pub fn parse(text: &str) -> Result<Vec<Booking>, String> {
 /// which must stay fast with thousands of other projects' bookings in the file. The
 /// file's JSON is checked whole; `names` empty means every booking.
 pub fn parse_matching(text: &str, names: &[&str]) -> Result<Vec<Booking>, String> {
+    let spans = spans(text)?;
+    select(text.as_bytes(), &spans, names)
+}
+
+/// Where each booking of the file stands, as byte ranges: the whole document's JSON is
+/// checked here, each booking only delimited.
+pub(crate) fn spans(text: &str) -> Result<Vec<(usize, usize)>, String> {
     let syntax = |e: serde_json::Error| {
         format!(
             "line {}, column {}: {e}; expected {{\"bookings\": [{{\"id\", \"project\", \"start\", \"end\", ...}}]}}",
@@ -175,7 +184,6 @@ pub fn parse_matching(text: &str, names: &[&str]) -> Result<Vec<Booking>, String
             e.column()
         )
     };
-    // The whole document's JSON is checked; each booking is only delimited here.
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct Raw<'a> {
@@ -184,14 +192,23 @@ pub fn parse_matching(text: &str, names: &[&str]) -> Result<Vec<Booking>, String
     }
     let raw: Raw<'_> = serde_json::from_str(text).map_err(syntax)?;
     let base = text.as_ptr() as usize;
-    let entries: Vec<(usize, usize)> = raw
+    Ok(raw
         .bookings
         .iter()
         .map(|r| {
             let start = r.get().as_ptr() as usize - base;
             (start, start + r.get().len())
         })
-        .collect();
+        .collect())
+}
+
+/// Check and keep the bookings at `spans` of `text` that name one of `names` (every
+/// one when `names` is empty).
+pub(crate) fn select(
+    text: &[u8],
+    spans: &[(usize, usize)],
+    names: &[&str],
+) -> Result<Vec<Booking>, String> {
     let quoted: Vec<String> = names
         .iter()
         .map(|n| serde_json::to_string(n).expect("a string serializes"))
@@ -200,19 +217,27 @@ pub fn parse_matching(text: &str, names: &[&str]) -> Result<Vec<Booking>, String
     // per booking.
     let mut hits: Vec<usize> = quoted
         .iter()
-        .flat_map(|q| memchr::memmem::find_iter(text.as_bytes(), q.as_bytes()))
+        .flat_map(|q| memchr::memmem::find_iter(text, q.as_bytes()))
         .collect();
     hits.sort_unstable();
+    // The bookings around the hits (spans are in file order), each once.
+    let mut chosen: Vec<usize> = if quoted.is_empty() {
+        (0..spans.len()).collect()
+    } else {
+        hits.iter()
+            .filter_map(|&h| {
+                let i = spans.partition_point(|&(_, end)| end <= h);
+                (i < spans.len() && spans[i].0 <= h).then_some(i)
+            })
+            .collect()
+    };
+    chosen.dedup();
     let mut out = Vec::new();
-    for (i, &(start, end)) in entries.iter().enumerate() {
-        let first = hits.partition_point(|&h| h < start);
-        if !quoted.is_empty() && hits.get(first).is_none_or(|&h| h >= end) {
-            continue;
-        }
-        let s = &text[start..end];
-        let entry: Entry = serde_json::from_str(s).map_err(|e| {
+    for i in chosen {
+        let (start, end) = spans[i];
+        let entry: Entry = serde_json::from_slice(&text[start..end]).map_err(|e| {
             // The position within the file: the entry's offset plus the error's.
-            let line = text[..start].matches('\n').count() + e.line();
+            let line = memchr::memchr_iter(b'\n', &text[..start]).count() + e.line();
             format!("line {line}: booking {}: {e}", i + 1)
         })?;
         out.push(check_entry(i, entry)?);
@@ -263,13 +288,28 @@ fn check_entry(i: usize, entry: Entry) -> Result<Booking, String> {
     })
 }
 
-/// [`load`] for the hook: only the bookings that name one of `names`.
-pub fn load_matching(path: &Path, names: &[&str]) -> Result<Vec<Booking>, BookingsError> {
+/// [`load`] for the hook: only the bookings that name one of `names`, read through the
+/// index at `index` when it describes the file as it is now (see [`index`]), else
+/// from the whole file, checked whole.
+pub fn load_matching(
+    path: &Path,
+    names: &[&str],
+    index: Option<&Path>,
+) -> Result<Vec<Booking>, BookingsError> {
     let err = |message: String| BookingsError {
         path: path.to_owned(),
         message,
     };
-    let text = std::fs::read_to_string(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    let mut file = std::fs::File::open(path).map_err(|e| err(format!("cannot read it: {e}")))?;
+    let meta = file
+        .metadata()
+        .map_err(|e| err(format!("cannot read it: {e}")))?;
+    if let Some(found) = index.and_then(|ix| index::load_indexed(&file, &meta, ix, names)) {
+        return found.map_err(err);
+    }
+    let mut text = String::new();
+    std::io::Read::read_to_string(&mut file, &mut text)
+        .map_err(|e| err(format!("cannot read it: {e}")))?;
     parse_matching(&text, names).map_err(err)
 }
 

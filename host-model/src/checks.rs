@@ -347,6 +347,7 @@ pub fn check_bookings(
     host: &HostPaths,
     config: &BookingsConfig,
     bookings_file: &Path,
+    bookings_index: Option<&Path>,
     hostname: &str,
     now: jiff::Timestamp,
 ) -> Option<Vec<Finding>> {
@@ -369,7 +370,7 @@ pub fn check_bookings(
         .into_iter()
         .filter_map(|n| n.as_deref())
         .collect();
-    let bookings = match crate::bookings::load_matching(bookings_file, &names) {
+    let bookings = match crate::bookings::load_matching(bookings_file, &names, bookings_index) {
         Ok(b) => b,
         Err(e) => {
             return Some(vec![Finding::problem(

@@ -16,6 +16,8 @@ pub mod ledger;
 #[cfg(feature = "host")]
 pub mod libvirt;
 #[cfg(feature = "host")]
+pub mod mapped;
+#[cfg(feature = "host")]
 pub mod memory;
 pub mod pci;
 #[cfg(feature = "host")]

@@ -13,6 +13,33 @@ use serde::Serialize;
 
 use crate::files::write_atomic;
 
+/// Read and check the whole bookings file, and write the hook's index of it
+/// (`STATE/bookings.index`, see [`bookings::index`]) when the index does not describe the
+/// file as it is now. An index that cannot be written is a warning: the hook then
+/// checks the whole file at each GPU start, slower but the same answer.
+pub fn load_and_index(file: &Path, state_dir: &Path) -> Result<Vec<Booking>> {
+    let all = bookings::load(file)?;
+    let index_path = state_dir.join(bookings::index::INDEX_FILE);
+    let current = std::fs::read(&index_path).is_ok_and(|ix| bookings::index::is_current(&ix, file));
+    if !current {
+        let written = bookings::index::build(file)
+            .map_err(anyhow::Error::from)
+            .and_then(|(bytes, _)| {
+                std::fs::create_dir_all(state_dir)
+                    .with_context(|| format!("cannot create {}", state_dir.display()))?;
+                Ok(write_atomic(&index_path, &bytes, 0o644)?)
+            });
+        if let Err(e) = written {
+            eprintln!(
+                "gpu-passthrough: warning: cannot write the bookings index {} ({e:#}); the hook \
+                 reads the whole bookings file at each GPU start until it is written",
+                index_path.display()
+            );
+        }
+    }
+    Ok(all)
+}
+
 /// The bookings that apply on this host and have not ended, soonest first.
 pub fn list<'a>(all: &'a [Booking], hostname: &str, now: Timestamp) -> Vec<&'a Booking> {
     let mut out: Vec<&Booking> = all
@@ -188,7 +215,7 @@ pub fn violations_table(v: &[Violation]) -> String {
 
 /// Replace the bookings file with `source` (JSON in the file's own format), atomically,
 /// after checking every booking: a calendar export is the whole truth.
-pub fn import(source: &Path, target: &Path) -> Result<usize> {
+pub fn import(source: &Path, target: &Path, state_dir: &Path) -> Result<usize> {
     let text = std::fs::read_to_string(source)
         .with_context(|| format!("cannot read {}", source.display()))?;
     let is_ics = source
@@ -207,5 +234,6 @@ pub fn import(source: &Path, target: &Path) -> Result<usize> {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
     write_atomic(target, text.as_bytes(), 0o644)?;
+    load_and_index(target, state_dir)?;
     Ok(checked.len())
 }

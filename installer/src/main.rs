@@ -426,7 +426,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let hostname = host_model::ledger::hostname(&paths.proc_root);
             match command {
                 BookingsCmd::Import { file: source } => {
-                    let n = bookings::import(source, &file)?;
+                    let n = bookings::import(source, &file, &paths.state_dir())?;
                     println!(
                         "wrote {} ({n} booking(s) from {})",
                         file.display(),
@@ -434,7 +434,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     );
                 }
                 BookingsCmd::List => {
-                    let all = host_model::bookings::load(&file)?;
+                    let all = bookings::load_and_index(&file, &paths.state_dir())?;
                     let rows = bookings::list_rows(&bookings::list(&all, &hostname, now), now);
                     if cli.json {
                         println!("{}", serde_json::to_string_pretty(&rows)?);
@@ -443,7 +443,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     }
                 }
                 BookingsCmd::Violations => {
-                    let all = host_model::bookings::load(&file)?;
+                    let all = bookings::load_and_index(&file, &paths.state_dir())?;
                     let inventory = read_inventory(&paths)?;
                     let v = bookings::violations(
                         &all,
@@ -515,7 +515,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let mut text = metrics::render(&inventory, &gpus, &tally, &paths.sysfs, now);
             if config.bookings.mode != host_model::config::BookingsMode::Off {
                 let file = under(&paths.root, &config.bookings.file.to_string_lossy());
-                match host_model::bookings::load(&file) {
+                match bookings::load_and_index(&file, &paths.state_dir()) {
                     Ok(all) => {
                         let v = bookings::violations(
                             &all,

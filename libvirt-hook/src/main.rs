@@ -235,6 +235,7 @@ fn prepare(name: &str) -> ExitCode {
         &host,
         &bookings,
         &bookings.file,
+        Some(&ledger::state_dir_from_env().join(host_model::bookings::index::INDEX_FILE)),
         &ledger::hostname(&host.proc_root),
         jiff::Timestamp::now(),
     ) {

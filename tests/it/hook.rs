@@ -1112,6 +1112,83 @@ fn a_gpu_start_without_a_booking_is_refused_in_enforce_mode_and_logged_in_warn_m
     assert_allowed(&host.prepare("plain-gpu", &domain("plain-gpu", 4, &both_functions(), "")));
 }
 
+/// The installer's index (`bookings list` writes it, as `metrics` does every 30 s) makes
+/// the hook read only its project's bookings; a file changed after the index was
+/// written, even to the same size, is read whole again, so a stale index never answers.
+#[test]
+fn the_hook_reads_through_the_installers_index_only_while_it_describes_the_file() {
+    let host = Host::new();
+    let bookings = host.path("bookings.json");
+    host.config(&format!(
+        "[bookings]\nmode = \"enforce\"\nfile = {:?}\n",
+        bookings.display().to_string()
+    ));
+    let name = "instance-0000002a";
+    let xml = domain(name, 4, &both_functions(), NOVA_METADATA);
+    let forever = ("2000-01-01T00:00:00Z", "2100-01-01T00:00:00Z");
+    let mut entries: Vec<String> = (0..50)
+        .map(|i| {
+            booking(
+                &format!("o{i}"),
+                &format!("other-{i:02}"),
+                "\"model\": \"10de:1b02\"",
+                forever.0,
+                forever.1,
+            )
+        })
+        .collect();
+    entries.push(booking(
+        "mine",
+        "climate-lab",
+        "\"gpu\": \"0000:18:00.0\"",
+        forever.0,
+        forever.1,
+    ));
+    bookings_file(&host, &entries);
+    let list = |host: &Host| {
+        let out = Command::new(bin("gpu-passthrough"))
+            .args(["bookings", "list", "--json"])
+            .env("GPU_PASSTHROUGH_CONFIG", host.path("config.toml"))
+            .env("GPU_PASSTHROUGH_STATE_DIR", host.path("state"))
+            .env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1")
+            .output()
+            .expect("run gpu-passthrough");
+        assert!(out.status.success(), "{}", stderr(&out));
+        let rows: Vec<serde_json::Value> = serde_json::from_slice(&out.stdout).expect("JSON");
+        rows.len()
+    };
+    assert_eq!(list(&host), 51);
+    let index = host.path("state/bookings.index");
+    assert!(index.is_file(), "bookings list wrote no index");
+    assert_allowed(&host.prepare(name, &xml));
+
+    // The same file, the same size, one letter of the project's name changed in place:
+    // the index no longer describes it and the booking is no longer the project's.
+    let text = std::fs::read_to_string(&bookings).expect("read");
+    let changed = text.replace("\"climate-lab\"", "\"climate-lob\"");
+    assert_eq!(changed.len(), text.len());
+    std::fs::write(&bookings, &changed).expect("write in place");
+    assert_refused(
+        &host.prepare(name, &xml),
+        name,
+        &["project 'climate-lab' has no booking that covers this GPU now"],
+    );
+
+    // Back as it was, indexed again: it starts; then broken in another project's
+    // booking after the index was written: the whole file is checked and refuses.
+    std::fs::write(&bookings, &text).expect("write back");
+    assert_eq!(list(&host), 51);
+    assert_allowed(&host.prepare(name, &xml));
+    let broken = text.replacen("\"other-07\", ", "\"other-07\" ", 1);
+    assert_ne!(broken, text);
+    std::fs::write(&bookings, broken).expect("break");
+    assert_refused(
+        &host.prepare(name, &xml),
+        name,
+        &["the bookings file cannot be used", "expected `,` or `}`"],
+    );
+}
+
 #[test]
 fn a_broken_or_missing_bookings_file_refuses_in_enforce_and_warns_in_warn() {
     let host = Host::new();
