@@ -198,6 +198,9 @@ fn check_platform(variant: &str) -> Vec<String> {
             ),
             (*d, "gpu_passthrough_var_lib_t", "file", "open", true, true),
             (*d, "gpu_passthrough_var_lib_t", "file", "read", true, true),
+            // The bookings file (etc_t) and its index, which the hook maps.
+            (*d, "etc_t", "file", "map", false, true),
+            (*d, "gpu_passthrough_var_lib_t", "file", "map", true, true),
         ]);
     }
     let questions: Vec<(&str, &str, &str, &str, bool)> = rules
