@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use host_model::bookings::{self, Booking, Holder};
 use host_model::domain::Domain;
 use host_model::ledger::{self, Event, GpuRef};
@@ -213,27 +213,46 @@ pub fn violations_table(v: &[Violation]) -> String {
     out
 }
 
-/// Replace the bookings file with `source` (JSON in the file's own format), atomically,
-/// after checking every booking: a calendar export is the whole truth.
-pub fn import(source: &Path, target: &Path, state_dir: &Path) -> Result<usize> {
+/// The bookings file that `source` makes (JSON in the file's own format, or an
+/// iCalendar export: see [`crate::ical`]), every booking checked, and how many it holds.
+/// `now` bounds the expansion of recurring events.
+pub fn convert(source: &Path, now: Timestamp) -> Result<(String, usize)> {
     let text = std::fs::read_to_string(source)
         .with_context(|| format!("cannot read {}", source.display()))?;
     let is_ics = source
         .extension()
-        .is_some_and(|x| x.eq_ignore_ascii_case("ics"));
-    if is_ics {
-        bail!(
-            "{}: iCalendar import is not built yet; export the calendar as JSON in the \
-             bookings format (see the README), or write the file directly",
-            source.display()
-        );
-    }
-    let checked =
-        bookings::parse(&text).map_err(|e| anyhow::anyhow!("{}: {e}", source.display()))?;
+        .is_some_and(|x| x.eq_ignore_ascii_case("ics"))
+        || text.trim_start().starts_with("BEGIN:VCALENDAR");
+    let text = if is_ics {
+        let now = chrono::DateTime::from_timestamp(now.as_second(), 0)
+            .ok_or_else(|| anyhow::anyhow!("the time {now} is out of range"))?;
+        let entries = crate::ical::bookings(&text, now)
+            .with_context(|| format!("{}: nothing was written", source.display()))?;
+        let mut json = serde_json::to_string_pretty(&serde_json::json!({ "bookings": entries }))?;
+        json.push('\n');
+        json
+    } else {
+        text
+    };
+    let checked = bookings::parse(&text).map_err(|e| {
+        let how = if is_ics {
+            " (of the bookings its events make: see the README's mapping); nothing was written"
+        } else {
+            "; nothing was written"
+        };
+        anyhow::anyhow!("{}: {e}{how}", source.display())
+    })?;
+    Ok((text, checked.len()))
+}
+
+/// Replace the bookings file with `text` (from [`convert`]) atomically, and index it: a
+/// calendar export is the whole truth.
+pub fn install(text: &str, target: &Path, state_dir: &Path) -> Result<()> {
     if let Some(dir) = target.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    write_atomic(target, text.as_bytes(), 0o644)?;
+    write_atomic(target, text.as_bytes(), 0o644)
+        .with_context(|| format!("cannot write {}", target.display()))?;
     load_and_index(target, state_dir)?;
-    Ok(checked.len())
+    Ok(())
 }

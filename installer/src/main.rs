@@ -5,6 +5,7 @@ mod check;
 mod cmdline;
 mod divert;
 mod files;
+mod ical;
 mod install;
 mod inventory;
 mod metrics;
@@ -208,11 +209,18 @@ enum BookingsCmd {
     List,
     /// Running GPU VMs that no booking covers (exit 0 either way).
     Violations,
-    /// Replace the bookings file with FILE (JSON in the bookings format), atomically,
-    /// after checking every booking: an export is the whole truth.
+    /// Replace the bookings file with FILE, atomically, after checking every booking: an
+    /// export is the whole truth. FILE is JSON in the bookings format, or an iCalendar
+    /// (RFC 5545) export, FILE.ics: each VEVENT a booking (X-GPU-PROJECT, X-GPU-USER,
+    /// X-GPU-HOST, X-GPU-ADDRESS or X-GPU-MODEL and X-GPU-COUNT; DTSTART, DTEND or
+    /// DURATION; TZID time zones), recurring events expanded up to a year ahead. See the
+    /// README for the whole mapping.
     Import {
-        /// The export: FILE.json.
+        /// The export: FILE.json or FILE.ics.
         file: PathBuf,
+        /// Print the bookings file it would write, and write nothing.
+        #[arg(long)]
+        dry_run: bool,
     },
 }
 
@@ -425,8 +433,21 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let now = jiff::Timestamp::now();
             let hostname = host_model::ledger::hostname(&paths.proc_root);
             match command {
-                BookingsCmd::Import { file: source } => {
-                    let n = bookings::import(source, &file, &paths.state_dir())?;
+                BookingsCmd::Import {
+                    file: source,
+                    dry_run,
+                } => {
+                    let (text, n) = bookings::convert(source, import_now()?)?;
+                    if *dry_run {
+                        print!("{text}");
+                        eprintln!(
+                            "gpu-passthrough: dry run: {n} booking(s) from {}; {} is unchanged",
+                            source.display(),
+                            file.display()
+                        );
+                        return Ok(ExitCode::SUCCESS);
+                    }
+                    bookings::install(&text, &file, &paths.state_dir())?;
                     println!(
                         "wrote {} ({n} booking(s) from {})",
                         file.display(),
@@ -630,6 +651,19 @@ fn lock(root: &Path, dry_run: bool, wait: bool) -> Result<Option<File>> {
 
 /// The suite's config (under --root, or $GPU_PASSTHROUGH_CONFIG), strictly; unknown
 /// keys are warnings.
+/// Environment variable that replaces the time `bookings import` expands recurring
+/// events from (tests; RFC 3339).
+const NOW_ENV: &str = "GPU_PASSTHROUGH_NOW";
+
+fn import_now() -> Result<jiff::Timestamp> {
+    match std::env::var(NOW_ENV) {
+        Ok(t) if !t.is_empty() => t
+            .parse()
+            .with_context(|| format!("${NOW_ENV} {t:?} is not an RFC 3339 time")),
+        _ => Ok(jiff::Timestamp::now()),
+    }
+}
+
 fn load_config(paths: &Paths) -> Result<host_model::config::Config> {
     let path = host_model::env_path(host_model::config::PATH_ENV)
         .unwrap_or_else(|| under(&paths.root, host_model::config::DEFAULT_PATH));

@@ -2808,7 +2808,7 @@ fn bookings_list_violations_import_and_the_unbooked_gauge() {
         ]
     );
 
-    // Bad input: a booking that cannot be, an iCalendar export (not built yet).
+    // Bad input: a booking that cannot be.
     write_file(&host.path("bad.json"), "{\"bookings\": [{\"id\": \"x\", \"project\": \"p\", \"gpu\": \"18:00.0\", \"start\": \"2026-11-02T00:00:00Z\", \"end\": \"2026-11-01T00:00:00Z\"}]}");
     let bad = host.path("bad.json").to_string_lossy().into_owned();
     assert_exit(
@@ -2821,4 +2821,266 @@ fn bookings_list_violations_import_and_the_unbooked_gauge() {
         bookings.to_string(),
         "a bad export changes nothing"
     );
+}
+
+/// An iCalendar export as Google, Thunderbird and Outlook write one: CRLF, folded lines,
+/// VTIMEZONE blocks, X-WR-TIMEZONE.
+const CALENDAR: &str = "BEGIN:VCALENDAR\r
+VERSION:2.0\r
+PRODID:-//Example Research Cloud//GPU bookings//EN\r
+X-WR-TIMEZONE:Europe/Berlin\r
+BEGIN:VTIMEZONE\r
+TZID:W. Europe Standard Time\r
+X-LIC-LOCATION:Europe/Berlin\r
+BEGIN:STANDARD\r
+DTSTART:16011028T030000\r
+TZOFFSETFROM:+0200\r
+TZOFFSETTO:+0100\r
+RRULE:FREQ=YEARLY;BYDAY=-1SU;BYMONTH=10\r
+END:STANDARD\r
+END:VTIMEZONE\r
+BEGIN:VEVENT\r
+UID:a@cal\r
+SUMMARY:Titan for the climate runs\r
+DTSTART;TZID=Europe/Berlin:20261201T080000\r
+DTEND;TZID=Europe/Berlin:20261201T180000\r
+X-GPU-PROJ\r
+ ECT:climate-lab\r
+X-GPU-USER:alice\r
+X-GPU-HOST:gpu-node-1\r
+X-GPU-ADDRESS:0000:18:00.0\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:w@cal\r
+DTSTART;TZID=America/New_York:20261026T090000\r
+DTEND;TZID=America/New_York:20261026T170000\r
+RRULE:FREQ=WEEKLY;BYDAY=MO;COUNT=4\r
+EXDATE;TZID=America/New_York:20261109T090000\r
+X-GPU-PROJECT:genome\r
+X-GPU-MODEL:10de:1eb8\r
+X-GPU-COUNT:2\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:w@cal\r
+RECURRENCE-ID;TZID=America/New_York:20261116T090000\r
+DTSTART;TZID=America/New_York:20261117T100000\r
+DTEND;TZID=America/New_York:20261117T120000\r
+X-GPU-COUNT:1\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:d@cal\r
+DTSTART:20261201T120000Z\r
+DURATION:PT4H30M\r
+X-GPU-PROJECT:p-7f3a\r
+X-GPU-MODEL:10de:1b02\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:h@cal\r
+DTSTART;VALUE=DATE:20261224\r
+DTEND;VALUE=DATE:20261226\r
+X-GPU-PROJECT:climate-lab\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:c@cal\r
+STATUS:CANCELLED\r
+DTSTART:20261205T000000Z\r
+DTEND:20261206T000000Z\r
+X-GPU-PROJECT:climate-lab\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:daily@cal\r
+DTSTART:20200101T000000Z\r
+DTEND:20200101T010000Z\r
+RRULE:FREQ=DAILY\r
+X-GPU-PROJECT:nightly\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:win@cal\r
+DTSTART;TZID=W. Europe Standard Time:20270328T023000\r
+DTEND;TZID=W. Europe Standard Time:20270328T053000\r
+X-GPU-PROJECT:climate-lab\r
+END:VEVENT\r
+BEGIN:VEVENT\r
+UID:moz@cal\r
+DTSTART;TZID=/mozilla.org/20050126_1/America/New_York:20261101T013000\r
+DTEND;TZID=/mozilla.org/20050126_1/America/New_York:20261101T033000\r
+X-GPU-PROJECT:genome\r
+END:VEVENT\r
+END:VCALENDAR\r
+";
+
+/// `bookings import FILE.ics`: time zones (DST on both sides of the Atlantic, a local time
+/// in a gap and one that occurs twice, a Windows TZID, a vendor-prefixed one, all-day
+/// dates in the calendar's zone), recurrence (RRULE, EXDATE, a moved occurrence, a series
+/// without end cut at a year ahead), cancelled events. The expected times are worked out
+/// by hand from the zones' rules.
+#[test]
+fn bookings_import_reads_an_icalendar_export_with_zones_and_recurrence() {
+    let host = Host::with_gpus();
+    let run = |args: &[&str]| {
+        host.command(args)
+            .env("GPU_PASSTHROUGH_NOW", "2026-10-20T00:00:00Z")
+            .output()
+            .expect("run")
+    };
+    write_file(&host.path("export.ics"), CALENDAR);
+    let export = host.path("export.ics").to_string_lossy().into_owned();
+    let file = host.path("etc/gpu-passthrough/bookings.json");
+
+    // --dry-run prints the file and writes nothing.
+    let out = run(&["bookings", "import", "--dry-run", &export]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!file.exists(), "a dry run wrote the file");
+    let dry: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+
+    let out = run(&["bookings", "import", &export]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let written: Value =
+        serde_json::from_str(&std::fs::read_to_string(&file).expect("written")).expect("JSON");
+    assert_eq!(written, dry);
+    let all = written["bookings"].as_array().expect("bookings").clone();
+    let b = |id: &str, project: &str, start: &str, end: &str, more: Value| {
+        let mut v = serde_json::json!({"id": id, "project": project, "count": 1, "start": start, "end": end});
+        for (k, x) in more.as_object().expect("object") {
+            v[k] = x.clone();
+        }
+        v
+    };
+    let none = serde_json::json!({});
+    let t4 = serde_json::json!({"model": "10de:1eb8", "count": 2});
+    let others: Vec<Value> = all
+        .iter()
+        .filter(|v| !v["id"].as_str().expect("id").starts_with("daily@cal/"))
+        .cloned()
+        .collect();
+    assert_eq!(
+        others,
+        vec![
+            // 09:00 EDT (UTC-4), then 09:00 EST (UTC-5) after 1 November; 9 November excluded.
+            b(
+                "w@cal/2026-10-26T13:00:00Z",
+                "genome",
+                "2026-10-26T13:00:00Z",
+                "2026-10-26T21:00:00Z",
+                t4.clone()
+            ),
+            // 01:30 occurs twice on 1 November in New York: the first (EDT); 03:30 is EST.
+            b(
+                "moz@cal",
+                "genome",
+                "2026-11-01T05:30:00Z",
+                "2026-11-01T08:30:00Z",
+                none.clone()
+            ),
+            b(
+                "w@cal/2026-11-02T14:00:00Z",
+                "genome",
+                "2026-11-02T14:00:00Z",
+                "2026-11-02T22:00:00Z",
+                t4.clone()
+            ),
+            // The 16 November occurrence moved to the 17th, 10:00-12:00 EST, one GPU.
+            b(
+                "w@cal/2026-11-16T14:00:00Z",
+                "genome",
+                "2026-11-17T15:00:00Z",
+                "2026-11-17T17:00:00Z",
+                serde_json::json!({"model": "10de:1eb8"})
+            ),
+            // 08:00-18:00 CET (UTC+1).
+            b(
+                "a@cal",
+                "climate-lab",
+                "2026-12-01T07:00:00Z",
+                "2026-12-01T17:00:00Z",
+                serde_json::json!({"user": "alice", "host": "gpu-node-1", "gpu": "0000:18:00.0"})
+            ),
+            b(
+                "d@cal",
+                "p-7f3a",
+                "2026-12-01T12:00:00Z",
+                "2026-12-01T16:30:00Z",
+                serde_json::json!({"model": "10de:1b02"})
+            ),
+            // All day 24 and 25 December in X-WR-TIMEZONE (Europe/Berlin).
+            b(
+                "h@cal",
+                "climate-lab",
+                "2026-12-23T23:00:00Z",
+                "2026-12-25T23:00:00Z",
+                none.clone()
+            ),
+            // 02:30 on 28 March 2027 is in Berlin's gap: read with the offset before it
+            // (UTC+1); 05:30 is CEST (UTC+2). The Windows TZID via X-LIC-LOCATION.
+            b(
+                "win@cal",
+                "climate-lab",
+                "2027-03-28T01:30:00Z",
+                "2027-03-28T03:30:00Z",
+                none.clone()
+            ),
+        ]
+    );
+    // The daily series since 2020: from the last occurrence that ended within 31 days
+    // before now to the last that starts within a year after it.
+    let daily: Vec<String> = all
+        .iter()
+        .filter_map(|v| v["id"].as_str().filter(|i| i.starts_with("daily@cal/")))
+        .map(str::to_owned)
+        .collect();
+    let mut expected = Vec::new();
+    let mut day = jiff::civil::date(2026, 9, 19);
+    while day <= jiff::civil::date(2027, 10, 19) {
+        expected.push(format!("daily@cal/{day}T00:00:00Z"));
+        day = day.tomorrow().expect("a next day");
+    }
+    assert_eq!(daily, expected);
+    assert_eq!(daily.len(), 396);
+    assert_eq!(
+        stdout(&out),
+        format!("wrote {} (404 booking(s) from {export})\n", file.display())
+    );
+
+    // What cannot be mapped is an error naming the event and the fix; the file stays.
+    let before = std::fs::read(&file).expect("read");
+    for (calendar, message) in [
+        (
+            CALENDAR.replace("X-GPU-PROJECT:p-7f3a\r\n", ""),
+            "event \"d@cal\": it has no X-GPU-PROJECT: say whose booking it is",
+        ),
+        (
+            CALENDAR.replace(
+                "TZID=America/New_York:20261026T090000",
+                "TZID=Mars/Olympus:20261026T090000",
+            ),
+            "TZID \"Mars/Olympus\" is not an IANA time zone name",
+        ),
+        (
+            CALENDAR.replace("X-WR-TIMEZONE:Europe/Berlin\r\n", ""),
+            "\"20261224\" is a floating time (no Z, no TZID) and the calendar has no X-WR-TIMEZONE",
+        ),
+        (
+            CALENDAR.replace("DURATION:PT4H30M", "DURATION:4 hours"),
+            "DURATION: \"4 hours\" is not a duration",
+        ),
+        (
+            CALENDAR.replace("X-GPU-MODEL:10de:1b02", "X-GPU-MODEL:titan"),
+            "model \"titan\" is not VENDOR:DEVICE in hex",
+        ),
+        (
+            "this is not a calendar\n".to_owned(),
+            "not an iCalendar (RFC 5545) file",
+        ),
+    ] {
+        write_file(&host.path("bad.ics"), &calendar);
+        let bad = host.path("bad.ics").to_string_lossy().into_owned();
+        let out = run(&["bookings", "import", &bad]);
+        assert_exit(&out, 1, message);
+        assert!(
+            stderr(&out).contains("nothing was written"),
+            "{}",
+            stderr(&out)
+        );
+        assert_eq!(std::fs::read(&file).expect("read"), before, "{message}");
+    }
 }
