@@ -1112,6 +1112,125 @@ fn a_gpu_start_without_a_booking_is_refused_in_enforce_mode_and_logged_in_warn_m
     assert_allowed(&host.prepare("plain-gpu", &domain("plain-gpu", 4, &both_functions(), "")));
 }
 
+/// Overlapping bookings add up, a GPU that a booking names uses that booking before the
+/// model's, and the user counts only with `match_user` (by Nova's user name or id):
+/// the hook called as libvirt calls it, with Nova's XML.
+#[test]
+fn overlapping_bookings_add_up_and_the_user_counts_only_with_match_user() {
+    let host = Host::new();
+    let second = "0000:af:00.0";
+    host.function(second, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(40));
+    let bookings = host.path("bookings.json");
+    let config = |match_user: bool| {
+        host.config(&format!(
+            "[bookings]\nmode = \"enforce\"\nmatch_user = {match_user}\nfile = {:?}\n",
+            bookings.display().to_string()
+        ))
+    };
+    config(false);
+    let name = "instance-0000002a";
+    let mut gpus = both_functions();
+    gpus.push((second, true));
+    let xml = domain(name, 4, &gpus, NOVA_METADATA);
+    let titan = "\"model\": \"10de:1b02\"";
+    let gpu = "\"gpu\": \"0000:18:00.0\"";
+
+    // The address booking and an overlapping model booking: 18:00.0 takes the first,
+    // af:00.0 the second.
+    bookings_file(
+        &host,
+        &[
+            booking(
+                "by-model",
+                "climate-lab",
+                titan,
+                "2000-01-01T00:00:00Z",
+                "2100-01-01T00:00:00Z",
+            ),
+            booking(
+                "by-address",
+                "climate-lab",
+                gpu,
+                "2026-01-01T00:00:00Z",
+                "2099-01-01T00:00:00Z",
+            ),
+        ],
+    );
+    assert_allowed(&host.prepare(name, &xml));
+
+    // Two overlapping model bookings of one GPU each: two GPUs.
+    bookings_file(
+        &host,
+        &[
+            booking(
+                "m1",
+                "climate-lab",
+                titan,
+                "2000-01-01T00:00:00Z",
+                "2100-01-01T00:00:00Z",
+            ),
+            booking(
+                "m2",
+                "p",
+                titan,
+                "2026-01-01T00:00:00Z",
+                "2099-01-01T00:00:00Z",
+            ),
+        ],
+    );
+    assert_allowed(&host.prepare(name, &xml));
+    // One of them: the second GPU has none.
+    bookings_file(
+        &host,
+        &[booking(
+            "m1",
+            "climate-lab",
+            titan,
+            "2000-01-01T00:00:00Z",
+            "2100-01-01T00:00:00Z",
+        )],
+    );
+    let out = host.prepare(name, &xml);
+    assert_refused(
+        &out,
+        name,
+        &["FAIL booking: 0000:af:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp]): project 'climate-lab' has no booking that covers this GPU now"],
+    );
+    assert!(
+        !stderr(&out).contains("booking: 0000:18:00.0"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Booked for bob: alice's VM starts only while the user does not count.
+    let for_user = |user: &str| {
+        bookings_file(
+            &host,
+            &[booking(
+                "u1",
+                "climate-lab",
+                &format!("\"user\": \"{user}\", \"model\": \"10de:1b02\", \"count\": 2"),
+                "2000-01-01T00:00:00Z",
+                "2100-01-01T00:00:00Z",
+            )],
+        )
+    };
+    for_user("bob");
+    assert_allowed(&host.prepare(name, &xml));
+    config(true);
+    let out = host.prepare(name, &xml);
+    assert_refused(
+        &out,
+        name,
+        &["FAIL booking: 0000:18:00.0", "FAIL booking: 0000:af:00.0"],
+    );
+    // Alice by name, and by Nova's user id.
+    for_user("alice");
+    assert_allowed(&host.prepare(name, &xml));
+    for_user("u");
+    assert_allowed(&host.prepare(name, &xml));
+}
+
 /// The installer's index (`bookings list` writes it, as `metrics` does every 30 s) makes
 /// the hook read only its project's bookings; a file changed after the index was
 /// written, even to the same size, is read whole again, so a stale index never answers.
