@@ -6,13 +6,19 @@
 //! one warning line on stderr (libvirt copies stderr into
 //! /var/log/libvirt/qemu/DOMAIN.log) and the defaults. It exits with status 127 only when
 //! the real qemu cannot be executed.
+//!
+//! It runs before every qemu, so it starts the way a C program does: its own C `main`
+//! (no Rust runtime set-up: no stack-guard probe of /proc/self/maps, no signal stack, no
+//! poll of the standard descriptors, SIGPIPE left as libvirt set it), one `write` per
+//! stderr line, and `execve` called directly.
 
-use std::ffi::OsString;
+#![no_main]
+
+use std::ffi::{c_char, c_int, CStr, CString, OsStr, OsString};
 use std::io::{self, Write};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
-use std::os::unix::process::CommandExt;
 use std::path::Path;
-use std::process::{Command, ExitCode};
 
 use host_model::config::{self, WrapperConfig};
 use qemu_wrapper::{cpu_value_indices, reason_to_apply, rewrite_argv, Injection};
@@ -30,10 +36,27 @@ const REPAIR: &str = "gpu-passthrough divert";
 /// Exit status when the real qemu cannot be executed, as a shell says "command not found".
 const EXIT_CANNOT_EXEC: u8 = 127;
 
-fn main() -> ExitCode {
+/// The C entry point: the C runtime calls it with the process's arguments.
+///
+/// # Safety
+/// `argv` holds `argc` pointers to NUL-terminated strings that outlive the call, as the
+/// C runtime guarantees.
+#[no_mangle]
+pub unsafe extern "C" fn main(argc: c_int, argv: *const *const c_char) -> c_int {
+    let argv: Vec<OsString> = (0..usize::try_from(argc).unwrap_or(0))
+        .map(|i| {
+            // SAFETY: the C runtime passes `argc` pointers to NUL-terminated strings that
+            // live as long as the process.
+            let arg = unsafe { CStr::from_ptr(*argv.add(i)) };
+            OsStr::from_bytes(arg.to_bytes()).to_owned()
+        })
+        .collect();
+    c_int::from(run(argv))
+}
+
+fn run(mut argv: Vec<OsString>) -> u8 {
     // Keep the marker in the binary: the installer recognises the wrapper by it.
     std::hint::black_box(host_model::WRAPPER_MARKER.as_ptr());
-    let mut argv: Vec<OsString> = std::env::args_os().collect();
     let config_path = config::path_from_env();
     let config = load_config(&config_path);
 
@@ -43,7 +66,7 @@ fn main() -> ExitCode {
     }
     let err = exec_target(&config.target, &argv, &config_path);
     warn(&err);
-    ExitCode::from(EXIT_CANNOT_EXEC)
+    EXIT_CANNOT_EXEC
 }
 
 /// The `[wrapper]` section, leniently: whatever is wrong becomes one stderr line.
@@ -127,12 +150,49 @@ fn exec_target(target: &Path, argv: &[OsString], config_path: &Path) -> String {
     if is_this_binary(target) {
         return cannot(&"it is this wrapper itself, which would loop");
     }
-    let mut command = Command::new(target);
-    if let Some((argv0, args)) = argv.split_first() {
-        command.arg0(argv0).args(args);
+    match execve(target, argv) {
+        Ok(never) => match never {},
+        Err(err) => cannot(&err),
     }
-    let err = command.env(LOOP_GUARD_ENV, target).exec();
-    cannot(&err)
+}
+
+extern "C" {
+    /// The process's environment (POSIX).
+    static environ: *const *const c_char;
+}
+
+/// `execve(2)` of `target` with `argv` and this process's environment plus the loop
+/// guard. Returns only on failure.
+fn execve(target: &Path, argv: &[OsString]) -> io::Result<std::convert::Infallible> {
+    let c = |s: &OsStr| {
+        CString::new(s.as_bytes()).map_err(|_| io::Error::other("an argument holds a NUL byte"))
+    };
+    let path = c(target.as_os_str())?;
+    let args: Vec<CString> = argv.iter().map(|a| c(a)).collect::<io::Result<_>>()?;
+    let mut guard = OsString::from(LOOP_GUARD_ENV);
+    guard.push("=");
+    guard.push(target);
+    let guard = c(&guard)?;
+    // This process's environment as it is, the loop guard added (the guard is never
+    // set on entry: `exec_target` refused that).
+    let mut env_ptrs: Vec<*const c_char> = Vec::with_capacity(64);
+    // SAFETY: `environ` is the C runtime's NULL-terminated array of NUL-terminated
+    // strings; nothing in this single-threaded process changes it while it is read.
+    unsafe {
+        let mut e = environ;
+        while !e.is_null() && !(*e).is_null() {
+            env_ptrs.push(*e);
+            e = e.add(1);
+        }
+    }
+    env_ptrs.push(guard.as_ptr());
+    env_ptrs.push(std::ptr::null());
+    let mut arg_ptrs: Vec<*const c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    arg_ptrs.push(std::ptr::null());
+    // SAFETY: `path` and every pointer of the two NULL-terminated arrays point to
+    // NUL-terminated strings that the vectors above keep alive across the call.
+    unsafe { libc::execve(path.as_ptr(), arg_ptrs.as_ptr(), env_ptrs.as_ptr()) };
+    Err(io::Error::last_os_error())
 }
 
 /// Whether `target` (symlinks followed) is the file this process runs from.
@@ -146,7 +206,8 @@ fn is_this_binary(target: &Path) -> bool {
     (target.dev(), target.ino()) == (me.dev(), me.ino())
 }
 
-/// One line on stderr. A failed write is ignored: stderr is all we have.
+/// One line on stderr, in one `write`. A failed write is ignored: stderr is all we have.
 fn warn(message: &dyn std::fmt::Display) {
-    let _ = writeln!(io::stderr().lock(), "{NAME}: {message}");
+    let line = format!("{NAME}: {message}\n");
+    let _ = io::stderr().write_all(line.as_bytes());
 }
