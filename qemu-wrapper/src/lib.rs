@@ -143,9 +143,17 @@ pub fn cpu_value_indices(argv: &[OsString]) -> Vec<usize> {
         .collect()
 }
 
-/// Split a QEMU option value at its commas; `,,` is an escaped comma, not a separator.
-/// The parts keep their `,,` escapes, so joining them with `,` gives the value back.
+/// Split a `-cpu` value the way QEMU's x86 parser does: the model name up to the first
+/// comma, then a property at every comma. `,,` is no escape there (QEMU 7.2 reads
+/// `qemu64,model-id=a,,kvm=off` as `model-id=a` and `kvm=off`): it is an empty part,
+/// which QEMU skips. Joining the parts with `,` gives the value back.
 pub fn split_props(value: &[u8]) -> Vec<&[u8]> {
+    value.split(|&b| b == b',').collect()
+}
+
+/// Split a QemuOpts value (the legacy `-device driver,key=value` form) at its commas;
+/// there `,,` is an escaped comma, not a separator. The parts keep their escapes.
+fn split_opts(value: &[u8]) -> Vec<&[u8]> {
     let mut parts = Vec::new();
     let mut start = 0;
     let mut i = 0;
@@ -275,7 +283,7 @@ pub fn parse_vfio_device(value: &OsStr) -> Option<VfioDevice> {
         (dev.driver, dev.host, dev.sysfsdev)
     } else {
         let (mut driver, mut host, mut sysfsdev) = (None, None, None);
-        for (i, part) in split_props(bytes).into_iter().enumerate() {
+        for (i, part) in split_opts(bytes).into_iter().enumerate() {
             let part = String::from_utf8_lossy(part).replace(",,", ",");
             match part.split_once('=') {
                 Some(("driver", v)) => driver = Some(v.to_owned()),
@@ -422,14 +430,18 @@ mod tests {
     }
 
     #[test]
-    fn escaped_commas_are_not_separators() {
-        // "model-id=a,,kvm=on" is one property whose value holds a comma.
+    fn every_comma_separates_as_in_qemus_parser() {
+        // QEMU reads "model-id=a,,kvm=on" as model-id=a and kvm=on: kvm is set.
         assert_eq!(
             rw("host,model-id=a,,kvm=on", &INJ).as_deref(),
-            Some("host,kvm=off,hv-vendor-id=MyFake_KVM,model-id=a,,kvm=on")
+            Some("host,hv-vendor-id=MyFake_KVM,model-id=a,,kvm=on")
         );
-        assert_eq!(split_props(b"a,,b,c"), vec![&b"a,,b"[..], b"c"]);
-        assert_eq!(split_props(b"a,,,b"), vec![&b"a,,"[..], b"b"]);
+        // The model ends at the first comma, whatever follows.
+        assert_eq!(
+            rw("max,,kvm=on,", &INJ).as_deref(),
+            Some("max,hv-vendor-id=MyFake_KVM,,kvm=on,")
+        );
+        assert_eq!(split_props(b"a,,b,c"), vec![&b"a"[..], b"", b"b", b"c"]);
         assert_eq!(split_props(b""), vec![&b""[..]]);
     }
 
