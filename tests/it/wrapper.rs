@@ -71,15 +71,23 @@ impl Host {
     }
 
     /// Run the wrapper with `args` after argv[0] (which is `argv0`).
-    fn run_as(&self, argv0: &str, args: &[OsString]) -> Output {
+    /// The wrapper as libvirt runs it, with this host's config, sysfs and recorder.
+    fn command(&self, args: &[&str]) -> Command {
         let _ = std::fs::remove_file(self.path("argv"));
-        Command::new(bin("qemu-kvm-wrapper"))
-            .arg0(argv0)
+        let mut c = Command::new(bin("qemu-kvm-wrapper"));
+        c.arg0("/usr/libexec/qemu-kvm")
             .args(args)
             .env_clear()
             .env("GPU_PASSTHROUGH_CONFIG", self.path("config.toml"))
             .env("GPU_PASSTHROUGH_SYSFS", self.sysfs.root())
-            .env("ARGV_RECORDER_OUT", self.path("argv"))
+            .env("ARGV_RECORDER_OUT", self.path("argv"));
+        c
+    }
+
+    fn run_as(&self, argv0: &str, args: &[OsString]) -> Output {
+        self.command(&[])
+            .arg0(argv0)
+            .args(args)
             .output()
             .expect("run the wrapper")
     }
@@ -303,22 +311,37 @@ fn a_bad_value_is_one_warning_and_the_rest_still_applies() {
 #[test]
 fn a_file_that_is_not_toml_means_defaults_never_a_refused_start() {
     let host = Host::new();
-    // Nothing in the file can be trusted, so the target is the default one, which this
-    // machine lacks: the warning comes first, then the usual exit 127.
+    // Nothing in the file can be trusted, so the target is the default one. The loop
+    // guard set on entry makes the wrapper name the target it would run and stop there,
+    // whatever this machine has at /usr/libexec/qemu-kvm.orig: the warning comes first,
+    // then exit 127 naming the default target.
     host.config("[wrapper\ntarget = 1");
-    let out = host.run(&["-cpu", "host"]);
+    let out = host
+        .command(&["-cpu", "host"])
+        .env("GPU_PASSTHROUGH_WRAPPER_ACTIVE", "1")
+        .output()
+        .expect("run the wrapper");
     let err = stderr(&out);
+    let lines: Vec<&str> = err.lines().collect();
+    assert_eq!(out.status.code(), Some(127), "{err}");
+    assert_eq!(lines.len(), 2, "{err}");
     assert!(
-        err.lines()
-            .next()
-            .is_some_and(|l| l.contains("config.toml: line 1: not valid TOML")),
+        lines[0].starts_with(&format!(
+            "qemu-kvm-wrapper: {}: line 1: not valid TOML",
+            host.path("config.toml").display()
+        )) && lines[0].ends_with("; using the defaults for these"),
         "{err}"
     );
-    if Path::new("/usr/libexec/qemu-kvm.orig").exists() {
-        return;
-    }
-    assert_eq!(out.status.code(), Some(127));
-    assert!(err.contains("/usr/libexec/qemu-kvm.orig"), "{err}");
+    assert_eq!(
+        lines[1],
+        format!(
+            "qemu-kvm-wrapper: cannot execute the real qemu /usr/libexec/qemu-kvm.orig: it led \
+             back to this wrapper (GPU_PASSTHROUGH_WRAPPER_ACTIVE is set), which would loop. \
+             Repair: run `gpu-passthrough divert` (it puts the real qemu back at \
+             /usr/libexec/qemu-kvm.orig), or set [wrapper] target in {}",
+            host.path("config.toml").display()
+        )
+    );
 }
 
 #[test]
