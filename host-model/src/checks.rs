@@ -23,7 +23,7 @@ pub struct HostPaths {
     pub sysfs: PathBuf,
     pub proc_root: PathBuf,
     pub libvirt_run: PathBuf,
-    pub pci_ids: Option<PathBuf>,
+    pub pci_ids: pciids::PciIds,
 }
 
 impl HostPaths {
@@ -33,7 +33,7 @@ impl HostPaths {
             sysfs: crate::sysfs_root_from_env(),
             proc_root: crate::proc_root_from_env(),
             libvirt_run: crate::libvirt::run_dir_from_env(),
-            pci_ids: pciids::path_from_env(),
+            pci_ids: pciids::PciIds::from_env(),
         }
     }
 }
@@ -168,16 +168,14 @@ impl Report {
 #[derive(Debug)]
 pub struct DeviceNames {
     sysfs: PathBuf,
-    pci_ids_path: Option<PathBuf>,
-    pci_ids: Option<Option<String>>,
+    pci_ids: pciids::PciIds,
 }
 
 impl DeviceNames {
     pub fn new(host: &HostPaths) -> Self {
         DeviceNames {
             sysfs: host.sysfs.clone(),
-            pci_ids_path: host.pci_ids.clone(),
-            pci_ids: None,
+            pci_ids: host.pci_ids.clone(),
         }
     }
 
@@ -195,12 +193,7 @@ impl DeviceNames {
     }
 
     fn name(&mut self, vendor: u16, device: u16) -> Option<String> {
-        let path = self.pci_ids_path.as_deref();
-        let text = self.pci_ids.get_or_insert_with(|| {
-            path.and_then(|p| std::fs::read(p).ok())
-                .map(|b| String::from_utf8_lossy(&b).into_owned())
-        });
-        pciids::lookup_in(text.as_deref()?, vendor, device)
+        self.pci_ids.name(vendor, device)
     }
 }
 

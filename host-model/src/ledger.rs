@@ -151,7 +151,11 @@ pub fn format_ts(at: Timestamp) -> String {
 
 /// The display-class functions among `domain`'s host devices, with names from
 /// `pci_ids` when given. A function sysfs cannot tell about is left out.
-pub fn gpus_of(domain: &Domain, sysfs: &Path, pci_ids: Option<&str>) -> Vec<GpuRef> {
+pub fn gpus_of(
+    domain: &Domain,
+    sysfs: &Path,
+    pci_ids: Option<&crate::pciids::PciIds>,
+) -> Vec<GpuRef> {
     let mut out = Vec::new();
     for h in &domain.hostdevs {
         let Ok(f) = pci::PciFunction::read(sysfs, h.address) else {
@@ -164,7 +168,7 @@ pub fn gpus_of(domain: &Domain, sysfs: &Path, pci_ids: Option<&str>) -> Vec<GpuR
             address: h.address.to_string(),
             vendor_id: format!("{:04x}", f.vendor_id),
             device_id: format!("{:04x}", f.device_id),
-            model: pci_ids.and_then(|t| crate::pciids::lookup_in(t, f.vendor_id, f.device_id)),
+            model: pci_ids.and_then(|ids| ids.name(f.vendor_id, f.device_id)),
         });
     }
     out

@@ -80,20 +80,27 @@ pub const CLASS_DISPLAY: u8 = 0x03;
 /// A function's 24-bit class code (base class, subclass, programming interface),
 /// from `SYSFS/bus/pci/devices/ADDR/class`, which holds e.g. `0x030000`.
 pub fn read_class(sysfs: &Path, address: &PciAddress) -> io::Result<u32> {
-    let path = address.sysfs_dir(sysfs).join("class");
-    let text = std::fs::read_to_string(&path)?;
-    let digits = text.trim();
-    let digits = digits.strip_prefix("0x").unwrap_or(digits);
-    u32::from_str_radix(digits, 16).map_err(|_| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!(
-                "{} holds {:?}, not a hex class code",
-                path.display(),
-                text.trim()
-            ),
-        )
-    })
+    read_hex_file(&address.sysfs_dir(sysfs).join("class"), "a hex class code")
+}
+
+/// A sysfs attribute that holds one hex number, `0x` or not (`class`, `vendor`,
+/// `device`); anything else is an error naming the file, what it holds and `what` it
+/// should hold.
+fn read_hex_file(path: &Path, what: &str) -> io::Result<u32> {
+    let text = std::fs::read_to_string(path)?;
+    let t = text.trim();
+    let digits = t.strip_prefix("0x").unwrap_or(t);
+    let valid =
+        !digits.is_empty() && digits.len() <= 8 && digits.bytes().all(|b| b.is_ascii_hexdigit());
+    valid
+        .then(|| u32::from_str_radix(digits, 16).ok())
+        .flatten()
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{} holds {t:?}, not {what}", path.display()),
+            )
+        })
 }
 
 /// The base class of a 24-bit class code.
@@ -130,17 +137,7 @@ impl PciFunction {
     /// Read the function at `address` from `SYSFS/bus/pci/devices/ADDR`.
     pub fn read(sysfs: &Path, address: PciAddress) -> io::Result<PciFunction> {
         let dir = address.sysfs_dir(sysfs);
-        let hex_file = |name: &str| -> io::Result<u32> {
-            let path = dir.join(name);
-            let text = std::fs::read_to_string(&path)?;
-            let t = text.trim();
-            u32::from_str_radix(t.strip_prefix("0x").unwrap_or(t), 16).map_err(|_| {
-                io::Error::new(
-                    io::ErrorKind::InvalidData,
-                    format!("{} holds {t:?}, not a hex number", path.display()),
-                )
-            })
-        };
+        let hex_file = |name: &str| read_hex_file(&dir.join(name), "a hex number");
         let link_name = |name: &str| {
             std::fs::read_link(dir.join(name))
                 .ok()

@@ -1,6 +1,8 @@
 //! Device names from the host's pci.ids (hwdata), for messages.
 
+use std::cell::OnceCell;
 use std::path::{Path, PathBuf};
+use std::rc::Rc;
 
 /// Where distributions put pci.ids: EL (hwdata), Debian (pci.ids), others.
 pub const DEFAULT_PATHS: &[&str] = &[
@@ -44,10 +46,40 @@ pub fn lookup_in(text: &str, vendor: u16, device: u16) -> Option<String> {
     Some(vendor_name)
 }
 
-/// Look a device up in the file at `path`; `None` if the file or the vendor is missing.
-pub fn lookup(path: &Path, vendor: u16, device: u16) -> Option<String> {
-    let bytes = std::fs::read(path).ok()?;
-    lookup_in(&String::from_utf8_lossy(&bytes), vendor, device)
+/// A pci.ids file, read at most once, at the first lookup; clones share what was read,
+/// so the checks' messages and the ledger's record of one hook call read it once.
+#[derive(Debug, Clone, Default)]
+pub struct PciIds {
+    path: Option<PathBuf>,
+    text: Rc<OnceCell<Option<String>>>,
+}
+
+impl PciIds {
+    /// The file at `path` (`None`: no names).
+    pub fn at(path: Option<PathBuf>) -> Self {
+        PciIds {
+            path,
+            text: Rc::default(),
+        }
+    }
+
+    /// The host's file, as [`path_from_env`] finds it.
+    pub fn from_env() -> Self {
+        PciIds::at(path_from_env())
+    }
+
+    pub fn path(&self) -> Option<&Path> {
+        self.path.as_deref()
+    }
+
+    /// `Vendor Device` name, as [`lookup_in`]; `None` without a readable file.
+    pub fn name(&self, vendor: u16, device: u16) -> Option<String> {
+        let text = self.text.get_or_init(|| {
+            let bytes = std::fs::read(self.path.as_deref()?).ok()?;
+            Some(String::from_utf8_lossy(&bytes).into_owned())
+        });
+        lookup_in(text.as_deref()?, vendor, device)
+    }
 }
 
 #[cfg(test)]

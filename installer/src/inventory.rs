@@ -162,16 +162,8 @@ impl Inventory {
                 holder.insert(h.address, d.name.clone());
             }
         }
-        let pci_ids_text = src
-            .pci_ids
-            .as_deref()
-            .and_then(|p| std::fs::read(p).ok())
-            .map(|b| String::from_utf8_lossy(&b).into_owned());
-        let name_of = |f: &PciFunction| {
-            pci_ids_text
-                .as_deref()
-                .and_then(|t| pciids::lookup_in(t, f.vendor_id, f.device_id))
-        };
+        let pci_ids = pciids::PciIds::at(src.pci_ids.clone());
+        let name_of = |f: &PciFunction| pci_ids.name(f.vendor_id, f.device_id);
 
         let entry = |f: &PciFunction, display: PciAddress, role: &'static str| FunctionEntry {
             address: f.address.to_string(),

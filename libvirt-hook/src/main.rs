@@ -126,7 +126,7 @@ fn record_event(event: Event) {
     if domain.hostdevs.is_empty() && !all {
         return;
     }
-    if let Err(e) = write_record(event, &domain, None) {
+    if let Err(e) = write_record(event, &domain, &HostPaths::from_env(), None) {
         Log::open().warning(&format!(
             "ledger: {e}; the {event:?} of domain '{}' is not recorded",
             domain.name
@@ -135,18 +135,17 @@ fn record_event(event: Event) {
 }
 
 /// Append `domain`'s record of `event` (with the failing `checks` of a refusal).
-fn write_record(event: Event, domain: &Domain, checks: Option<Vec<String>>) -> io::Result<()> {
-    let host = HostPaths::from_env();
-    let pci_ids = host
-        .pci_ids
-        .as_deref()
-        .and_then(|p| std::fs::read(p).ok())
-        .map(|b| String::from_utf8_lossy(&b).into_owned());
+fn write_record(
+    event: Event,
+    domain: &Domain,
+    host: &HostPaths,
+    checks: Option<Vec<String>>,
+) -> io::Result<()> {
     let mut record = Record::new(
         event,
         &ledger::hostname(&host.proc_root),
         domain,
-        ledger::gpus_of(domain, &host.sysfs, pci_ids.as_deref()),
+        ledger::gpus_of(domain, &host.sysfs, Some(&host.pci_ids)),
         jiff::Timestamp::now(),
     );
     record.checks = checks;
@@ -263,7 +262,7 @@ fn prepare(name: &str) -> ExitCode {
                     checks.push(f.check.to_owned());
                 }
             }
-            if let Err(e) = write_record(Event::Refused, &domain, Some(checks)) {
+            if let Err(e) = write_record(Event::Refused, &domain, &host, Some(checks)) {
                 log.warning(&format!("ledger: {e}; this refusal is not recorded"));
             }
             refuse(refusal_paragraph(&mut report, &config_path))
