@@ -9,9 +9,10 @@ use serde::Serialize;
 use crate::divert::{Diversion, State};
 use crate::files::under;
 use crate::inventory::Inventory;
+use crate::platform::{
+    parse_libvirt_version, HOOK_PATH, HOOK_SOURCE, LEGACY_HOOK_PATH, QEMU_D_SINCE,
+};
 use crate::runner::{Ran, Runner};
-
-pub const HOOK_PATH: &str = "/etc/libvirt/hooks/qemu.d/gpu-passthrough";
 
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckLine {
@@ -63,19 +64,6 @@ impl std::fmt::Display for CheckLine {
 }
 
 /// The CPU vendor and virtualisation flag, from `PROC/cpuinfo`.
-pub fn cpu(proc_root: &Path) -> (Option<String>, bool) {
-    let text = std::fs::read_to_string(proc_root.join("cpuinfo")).unwrap_or_default();
-    let field = |name: &str| {
-        text.lines()
-            .find(|l| l.split(':').next().is_some_and(|k| k.trim() == name))
-            .and_then(|l| l.split_once(':'))
-            .map(|(_, v)| v.trim().to_owned())
-    };
-    let flags = field("flags").unwrap_or_default();
-    let virt = flags.split_whitespace().any(|f| f == "vmx" || f == "svm");
-    (field("vendor_id"), virt)
-}
-
 pub struct Context<'a> {
     pub root: &'a Path,
     pub sysfs: &'a Path,
@@ -87,7 +75,10 @@ pub struct Context<'a> {
 
 pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
     let mut lines = Vec::new();
-    let (vendor, virt) = cpu(cx.proc_root);
+    let host_model::procfs::Cpu {
+        vendor,
+        virtualization: virt,
+    } = host_model::procfs::cpu(cx.proc_root);
     let intel = vendor.as_deref() == Some("GenuineIntel");
     lines.push(if virt {
         CheckLine::pass(
@@ -232,9 +223,8 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
     lines.extend(selinux_lines(cx, &diversion));
 
     let hook = under(cx.root, HOOK_PATH);
-    let legacy = under(cx.root, crate::install::LEGACY_HOOK_PATH);
-    let legacy_is_ours =
-        std::fs::read_link(&legacy).is_ok_and(|t| t == Path::new(crate::install::HOOK_SOURCE));
+    let legacy = under(cx.root, LEGACY_HOOK_PATH);
+    let legacy_is_ours = std::fs::read_link(&legacy).is_ok_and(|t| t == Path::new(HOOK_SOURCE));
     lines.push(if exists_in_root(cx.root, &hook) {
         CheckLine::pass("hook", format!("{} is installed", hook.display()))
     } else if legacy_is_ours {
@@ -269,8 +259,8 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
         ),
     });
     lines.push(match cx.runner.query("libvirtd", &["--version"]) {
-        Ok(Ran::Done(out)) => match libvirt_version(&out) {
-            Some(v) if v >= (6, 5) => CheckLine::pass("libvirt", format!("libvirt {}.{} reads hooks/qemu.d", v.0, v.1)),
+        Ok(Ran::Done(out)) => match parse_libvirt_version(&out) {
+            Some(v) if v >= QEMU_D_SINCE => CheckLine::pass("libvirt", format!("libvirt {}.{} reads hooks/qemu.d", v.0, v.1)),
             Some(v) => CheckLine::fail(
                 "libvirt",
                 format!("libvirt {}.{} predates hooks/qemu.d (6.5)", v.0, v.1),
@@ -447,12 +437,6 @@ fn exists_in_root(root: &Path, path: &Path) -> bool {
 }
 
 /// `libvirtd (libvirt) 8.0.0` gives (8, 0).
-pub fn libvirt_version(out: &str) -> Option<(u32, u32)> {
-    let word = out.split_whitespace().last()?;
-    let mut parts = word.split('.');
-    Some((parts.next()?.parse().ok()?, parts.next()?.parse().ok()?))
-}
-
 /// A key of an INI section, as nova.conf has them.
 pub fn ini_value(text: &str, section: &str, key: &str) -> Option<String> {
     let mut current = String::new();
@@ -480,8 +464,11 @@ mod tests {
 
     #[test]
     fn versions_and_ini() {
-        assert_eq!(libvirt_version("libvirtd (libvirt) 8.0.0\n"), Some((8, 0)));
-        assert_eq!(libvirt_version("garbage"), None);
+        assert_eq!(
+            parse_libvirt_version("libvirtd (libvirt) 8.0.0\n"),
+            Some((8, 0))
+        );
+        assert_eq!(parse_libvirt_version("garbage"), None);
         let conf = "[DEFAULT]\n# ram_allocation_ratio = 2.0\nram_allocation_ratio = 1.0\n[pci]\nram_allocation_ratio = 9\n";
         assert_eq!(
             ini_value(conf, "DEFAULT", "ram_allocation_ratio").as_deref(),

@@ -16,17 +16,15 @@ use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use similar::TextDiff;
 
-use crate::check::HOOK_PATH;
 use crate::cmdline::{self, Kind, GRUB_DEFAULT};
 use crate::divert::{Diversion, State};
 use crate::files::{under, write_atomic};
 use crate::inventory::{Gpu, Inventory};
+use crate::platform::{self, HOOK_PATH, HOOK_SOURCE};
 use crate::runner::{command_line, Ran, Runner};
 
 pub const STATE_DIR: &str = "/var/lib/gpu-passthrough";
-pub const HOOK_SOURCE: &str = "/usr/libexec/gpu-passthrough/gpu-passthrough-hook";
 /// Before libvirt 6.5 there is only this one hook per driver.
-pub const LEGACY_HOOK_PATH: &str = "/etc/libvirt/hooks/qemu";
 /// The metrics timer's unit, which the RPM installs.
 pub const METRICS_TIMER: &str = "gpu-passthrough-metrics.timer";
 const UNIT_DIR: &str = "/usr/lib/systemd/system";
@@ -350,7 +348,7 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
     }
     let ids: Vec<String> = ids.into_iter().collect();
 
-    let (vendor, _) = crate::check::cpu(host.proc_root);
+    let vendor = host_model::procfs::cpu(host.proc_root).vendor;
     let mut args = Vec::new();
     match vendor.as_deref() {
         Some("GenuineIntel") => args.push("intel_iommu=on"),
@@ -470,9 +468,8 @@ pub fn plan(host: &Host<'_>, inventory: &Inventory, wanted: &[(u16, u16)]) -> Re
         );
     }
     // The hook: qemu.d on libvirt >= 6.5, else the single qemu hook if it is free.
-    let qemu_d = matches!(libvirt_version(host.runner), Some(v) if v >= (6, 5))
-        || libvirt_version(host.runner).is_none();
-    let hook_path = if qemu_d { HOOK_PATH } else { LEGACY_HOOK_PATH };
+    let hook_path = platform::hook_path(platform::libvirt_version(host.runner));
+    let qemu_d = hook_path == HOOK_PATH;
     let hook_full = under(host.root, hook_path);
     let hook = match fs::read_link(&hook_full) {
         Ok(target) if target == Path::new(HOOK_SOURCE) => None,
@@ -535,13 +532,6 @@ fn file_change(
             mode,
         }),
     )
-}
-
-fn libvirt_version(runner: &Runner) -> Option<(u32, u32)> {
-    match runner.query("libvirtd", &["--version"]) {
-        Ok(Ran::Done(out)) => crate::check::libvirt_version(&out),
-        _ => None,
-    }
 }
 
 fn mode_of(path: &Path) -> Option<u32> {
