@@ -87,7 +87,9 @@ pub fn read_class(sysfs: &Path, address: &PciAddress) -> io::Result<u32> {
 /// `device`); anything else is an error naming the file, what it holds and `what` it
 /// should hold.
 fn read_hex_file(path: &Path, what: &str) -> io::Result<u32> {
-    let text = std::fs::read_to_string(path)?;
+    // The error keeps its kind (NotFound stays NotFound) and names the file.
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
     let t = text.trim();
     let digits = t.strip_prefix("0x").unwrap_or(t);
     let valid =
