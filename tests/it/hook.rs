@@ -5,7 +5,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
-use integration_tests::{assert_exit, bin, write_file, FakeSysfs, PciFunction};
+use integration_tests::{assert_exit, bin, stderr, stdout, write_file, FakeSysfs, PciFunction};
 use tempfile::TempDir;
 
 const GPU: &str = "0000:18:00.0";
@@ -178,14 +178,6 @@ fn both_functions() -> Vec<(&'static str, bool)> {
 const NOVA_METADATA: &str = "  <metadata>\n    <nova:instance xmlns:nova=\"http://openstack.org/xmlns/libvirt/nova/1.1\">\n      \
     <nova:name>gpu-worker-1</nova:name>\n      <nova:owner><nova:user uuid='u'>alice</nova:user>\
     <nova:project uuid='p'>climate-lab</nova:project></nova:owner>\n    </nova:instance>\n  </metadata>\n";
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
 
 #[track_caller]
 fn assert_allowed(out: &Output) {

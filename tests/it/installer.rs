@@ -5,8 +5,8 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use integration_tests::{
-    argv_recorder, assert_exit, bin, in_ci, read_recorded, which, write_file, write_link,
-    FakeSysfs, PciFunction,
+    argv_recorder, assert_exit, bin, in_ci, read_recorded, stderr, stdout, which, write_file,
+    write_link, FakeSysfs, PciFunction,
 };
 use serde_json::Value;
 use tempfile::TempDir;
@@ -178,14 +178,6 @@ impl Host {
             format!("<domstatus state='running'><domain type='kvm'><name>{name}</name><memory>1048576</memory>{metadata}<devices>{devices}</devices></domain></domstatus>"),
         );
     }
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 #[test]

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use integration_tests::{
-    argv_recorder, bin, read_recorded, write_file, write_link, write_script, FakeSysfs,
+    argv_recorder, bin, read_recorded, stderr, write_file, write_link, write_script, FakeSysfs,
     PciFunction, Recorded,
 };
 use tempfile::TempDir;
@@ -108,10 +108,6 @@ impl Host {
             .map(|a| String::from_utf8(a).expect("utf-8 argv in this test"))
             .collect()
     }
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
 }
 
 fn words(s: &str) -> Vec<String> {
