@@ -315,7 +315,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let lock_dirs = install::missing_dirs(&paths.root, install::STATE_DIR);
             let _lock = lock(&paths.root, *dry_run, false)?;
             let inventory = read_inventory(&paths)?;
-            let host = install::Host {
+            let host = install::Run {
                 root: &paths.root,
                 proc_root: &paths.proc_root,
                 runner: &runner,
@@ -350,7 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Uninstall { dry_run } => {
             let runner = Runner::new(&paths.root, *dry_run);
             let _lock = lock(&paths.root, *dry_run, false)?;
-            let host = install::Host {
+            let host = install::Run {
                 root: &paths.root,
                 proc_root: &paths.proc_root,
                 runner: &runner,
