@@ -1,7 +1,6 @@
 //! gpu-passthrough: the operator's CLI for GPU passthrough hypervisors.
 
 mod bookings;
-mod check;
 mod cli;
 mod cmdline;
 mod divert;
@@ -12,6 +11,7 @@ mod inventory;
 mod metrics;
 mod nova;
 mod platform;
+mod readiness;
 mod runner;
 mod selinux;
 mod status;
@@ -91,7 +91,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
         Cmd::Check { gpus } => {
             let inventory = read_inventory(&paths)?;
             let runner = Runner::new(&paths.root, false);
-            let lines = check::run_checks(&check::Context {
+            let lines = readiness::run_checks(&readiness::Context {
                 root: &paths.root,
                 sysfs: &paths.sysfs,
                 proc_root: &paths.proc_root,
@@ -106,7 +106,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
                     println!("{line}");
                 }
             }
-            Ok(if lines.iter().any(check::CheckLine::is_fail) {
+            Ok(if lines.iter().any(readiness::CheckLine::is_fail) {
                 ExitCode::from(1)
             } else {
                 ExitCode::SUCCESS

@@ -14,10 +14,13 @@ use crate::platform::{
 };
 use crate::runner::{Ran, Runner};
 
+/// One line of `gpu-passthrough check`: a host-readiness check, its severity (the
+/// hook's [`Severity`]), what it found and how to fix it.
 #[derive(Debug, Clone, Serialize)]
 pub struct CheckLine {
     pub check: &'static str,
-    pub status: &'static str,
+    #[serde(rename = "status")]
+    pub severity: Severity,
     pub message: String,
     pub fix: Option<String>,
 }
@@ -26,11 +29,7 @@ impl CheckLine {
     fn new(check: &'static str, severity: Severity, message: String, fix: Option<String>) -> Self {
         CheckLine {
             check,
-            status: match severity {
-                Severity::Pass => "PASS",
-                Severity::Warn => "WARN",
-                Severity::Fail => "FAIL",
-            },
+            severity,
             message,
             fix,
         }
@@ -49,13 +48,13 @@ impl CheckLine {
     }
 
     pub fn is_fail(&self) -> bool {
-        self.status == "FAIL"
+        self.severity == Severity::Fail
     }
 }
 
 impl std::fmt::Display for CheckLine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}: {}", self.status, self.check, self.message)?;
+        write!(f, "{} {}: {}", self.severity, self.check, self.message)?;
         if let Some(fix) = &self.fix {
             write!(f, ". Fix: {fix}")?;
         }
