@@ -8,24 +8,16 @@
 //! makes the GPU unusable: passing it through would take that device from the host.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use anyhow::{Context, Result};
+use host_model::checks::HostPaths;
 use host_model::domain::Domain;
 use host_model::libvirt::running_domains;
 use host_model::pci::{self, PciAddress, PciFunction, CLASS_DISPLAY};
-use host_model::pciids;
 use serde::Serialize;
 
 pub const NVIDIA: u16 = 0x10de;
-
-/// Where the inventory reads the host from.
-#[derive(Debug, Clone)]
-pub struct Sources {
-    pub sysfs: PathBuf,
-    pub libvirt_run: PathBuf,
-    pub pci_ids: Option<PathBuf>,
-}
 
 /// One PCI function as `scan --json` shows it (the contract's fields; `gpu`: the
 /// display function it goes with; `role`: `gpu`, `card` (a function of the GPU's
@@ -136,7 +128,7 @@ pub struct Inventory {
 }
 
 impl Inventory {
-    pub fn read(src: &Sources) -> Result<Inventory> {
+    pub fn read(src: &HostPaths) -> Result<Inventory> {
         let addresses = pci::list_addresses(&src.sysfs).with_context(|| {
             format!(
                 "cannot list PCI devices in {}",
@@ -162,7 +154,7 @@ impl Inventory {
                 holder.insert(h.address, d.name.clone());
             }
         }
-        let pci_ids = pciids::PciIds::at(src.pci_ids.clone());
+        let pci_ids = &src.pci_ids;
         let name_of = |f: &PciFunction| pci_ids.name(f.vendor_id, f.device_id);
 
         let entry = |f: &PciFunction, display: PciAddress, role: &'static str| FunctionEntry {

@@ -27,8 +27,9 @@ use clap::{CommandFactory, Parser};
 use crate::cli::{BookingsCmd, Cli, Cmd};
 use crate::divert::{Diversion, Outcome};
 use crate::files::under;
-use crate::inventory::{Inventory, Sources};
+use crate::inventory::Inventory;
 use crate::runner::{Ran, Runner};
+use host_model::checks::HostPaths;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -67,7 +68,9 @@ impl Paths {
             .unwrap_or_else(|| under(&self.root, host_model::ledger::DEFAULT_STATE_DIR))
     }
 
-    fn sources(&self) -> Sources {
+    /// Where the host's state is read from, under the root: what the hook reads, as
+    /// the installer finds it.
+    fn host_paths(&self) -> HostPaths {
         let libvirt_run = host_model::env_path(host_model::libvirt::RUN_DIR_ENV)
             .unwrap_or_else(|| under(&self.root, host_model::libvirt::DEFAULT_RUN_DIR));
         let pci_ids = host_model::env_path(host_model::pciids::PATH_ENV).or_else(|| {
@@ -76,10 +79,11 @@ impl Paths {
                 .map(|p| under(&self.root, p))
                 .find(|p| p.is_file())
         });
-        Sources {
+        HostPaths {
             sysfs: self.sysfs.clone(),
+            proc_root: self.proc_root.clone(),
             libvirt_run,
-            pci_ids,
+            pci_ids: host_model::pciids::PciIds::at(pci_ids),
         }
     }
 }
@@ -482,7 +486,7 @@ fn load_config(paths: &Paths) -> Result<host_model::config::Config> {
 
 /// The host's GPUs; what could not be read is one warning line each on stderr.
 fn read_inventory(paths: &Paths) -> Result<Inventory> {
-    let inventory = Inventory::read(&paths.sources())?;
+    let inventory = Inventory::read(&paths.host_paths())?;
     for problem in &inventory.unreadable {
         eprintln!("gpu-passthrough: warning: {problem}");
     }
