@@ -6,6 +6,7 @@
 #   make bench    wrapper start-up cost, binary size and hook cost per call, as figures
 #   make rpm      target/rpm/gpu-passthrough-*.x86_64.rpm and .src.rpm
 #   make lint     rustfmt and clippy, as CI runs them
+#   make mutants  mutation testing of qemu-wrapper and host-model (slow; not in CI)
 
 CARGO        ?= cargo
 TRIPLE       := x86_64-unknown-linux-gnu
@@ -23,7 +24,7 @@ STATEDIR     ?= /var/lib
 UNITDIR      ?= $(PREFIX)/lib/systemd/system
 BIN_DIR      ?= $(RELEASE_DIR)
 
-.PHONY: all build setup test lint bench demo install rpm clean
+.PHONY: all build setup test lint bench demo install rpm clean mutants
 
 all: build
 
@@ -54,6 +55,17 @@ bench: build
 	bench/wrapper-startup
 	$(CARGO) bench -p integration-tests --bench hook --locked
 	$(CARGO) bench -p integration-tests --bench usage --locked
+
+# cargo-mutants changes the code one mutant at a time and runs the package's own tests
+# (unit tests and property tests) against each: a mutant they do not catch is a test
+# missing. MUTANTS_ARGS passes options on, e.g. MUTANTS_ARGS="--shard 1/4" or
+# "--file host-model/src/pci.rs". Results: target/mutants/PACKAGE/mutants.out/.
+MUTANTS_ARGS ?=
+mutants:
+	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
+	$(CARGO) build --workspace --locked
+	$(CARGO) mutants --no-shuffle -p qemu-wrapper -o target/mutants/qemu-wrapper $(MUTANTS_ARGS)
+	$(CARGO) mutants --no-shuffle -p host-model -o target/mutants/host-model $(MUTANTS_ARGS)
 
 # Installs what BIN_DIR holds; builds nothing (the spec builds first, or packages
 # prebuilt binaries). The man pages come from the CLI's own definition (clap_mangen).
