@@ -158,8 +158,8 @@ pub enum Cmd {
         #[arg(long, value_name = "T", value_parser = usage::parse_time)]
         until: Option<jiff::Timestamp>,
         /// Group by this; repeat for combinations [default: project]
-        #[arg(long = "by", value_name = "KEY", value_enum)]
-        by: Vec<usage::By>,
+        #[arg(long = "by", value_name = "KEY", value_parser = usage::key_parser())]
+        by: Vec<host_model::ledger::Key>,
         /// CSV with a header line (the JSON fields as columns).
         #[arg(long)]
         csv: bool,

@@ -4,32 +4,16 @@
 use std::fmt::Write;
 use std::path::Path;
 
+use clap::builder::TypedValueParser;
+
 use anyhow::{bail, Context, Result};
 use host_model::ledger::{self, Key, UsageRow};
 use jiff::{civil::Date, tz::TimeZone, Timestamp};
 
-/// `--by KEY`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum By {
-    Project,
-    User,
-    Flavor,
-    Model,
-    Instance,
-    Gpu,
-}
-
-impl From<By> for Key {
-    fn from(b: By) -> Key {
-        match b {
-            By::Project => Key::Project,
-            By::User => Key::User,
-            By::Flavor => Key::Flavor,
-            By::Model => Key::Model,
-            By::Instance => Key::Instance,
-            By::Gpu => Key::Gpu,
-        }
-    }
+/// `--by KEY`: the keys host-model knows, listed in `--help`.
+pub fn key_parser() -> impl clap::builder::TypedValueParser<Value = Key> {
+    clap::builder::PossibleValuesParser::new(Key::ALL.map(Key::name))
+        .map(|name: String| Key::named(&name).expect("clap admits only the listed names"))
 }
 
 /// `--since`/`--until`: RFC 3339 (any offset), or YYYY-MM-DD for midnight UTC.
@@ -69,7 +53,7 @@ pub enum Format {
 /// stderr, and the report goes on without them.
 pub fn report(
     path: &Path,
-    by: &[By],
+    by: &[Key],
     since: Option<Timestamp>,
     until: Option<Timestamp>,
     format: Format,
@@ -83,7 +67,7 @@ pub fn report(
     let keys: Vec<Key> = if by.is_empty() {
         vec![Key::Project]
     } else {
-        by.iter().map(|b| Key::from(*b)).collect()
+        by.to_vec()
     };
     let mut tally = ledger::Tally::new(&keys, since, until, now);
     let problems = ledger::read_into(path, &mut tally)

@@ -21,6 +21,33 @@ pub enum Key {
 }
 
 impl Key {
+    /// Every key, in the order `--help` lists them.
+    pub const ALL: [Key; 6] = [
+        Key::Project,
+        Key::User,
+        Key::Flavor,
+        Key::Model,
+        Key::Instance,
+        Key::Gpu,
+    ];
+
+    /// The key's name on the command line: `project`, `user`, ...
+    pub fn name(self) -> &'static str {
+        match self {
+            Key::Project => "project",
+            Key::User => "user",
+            Key::Flavor => "flavor",
+            Key::Model => "model",
+            Key::Instance => "instance",
+            Key::Gpu => "gpu",
+        }
+    }
+
+    /// The key named `name` ([`Key::name`]).
+    pub fn named(name: &str) -> Option<Key> {
+        Key::ALL.into_iter().find(|k| k.name() == name)
+    }
+
     /// The ledger fields a key brings into a row, as named in the ledger.
     pub fn fields(self) -> &'static [&'static str] {
         match self {
