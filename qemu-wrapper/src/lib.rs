@@ -495,6 +495,32 @@ mod tests {
     }
 
     #[test]
+    fn the_legacy_device_form_reads_double_commas_as_qemuopts_does() {
+        // QemuOpts (-device driver,key=value) escapes a comma as ",,": "id=a,,host=..."
+        // is an id holding a comma, and the host is the one after it.
+        let hosts = |value: &str| -> Vec<Result<String, String>> {
+            vfio_devices(&args(&["qemu", "-device", value]))
+                .into_iter()
+                .map(|d| d.host.map(|a| a.to_string()))
+                .collect()
+        };
+        assert_eq!(
+            hosts("vfio-pci,id=a,,host=0000:3b:00.0,host=0000:18:00.0"),
+            vec![Ok("0000:18:00.0".to_owned())]
+        );
+        assert_eq!(
+            hosts("vfio-pci,romfile=/roms/a,,,,b.rom,host=0000:af:00.0"),
+            vec![Ok("0000:af:00.0".to_owned())]
+        );
+        assert_eq!(
+            hosts("vfio-pci,,x,host=0000:18:00.0"),
+            vec![],
+            "the driver is \"vfio-pci,x\": not a vfio-pci device"
+        );
+        assert_eq!(split_opts(b"a,,b,c,,,d"), vec![&b"a,,b"[..], b"c,,", b"d"]);
+    }
+
+    #[test]
     fn reads_vfio_devices_in_both_forms() {
         let argv = args(&[
             "qemu",
