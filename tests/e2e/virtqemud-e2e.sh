@@ -184,6 +184,11 @@ say "domain log: $rewrite"
 # libvirt 11 writes every -device as JSON: the wrapper took the command line whole.
 printf '%s\n' "$log" | grep -aqF -- "-device '{\"driver\":" || fail "libvirt 11 did not write JSON -device (log: $log)"
 say "libvirt 11's JSON -device and its -cpu went through the wrapper"
+# libvirt 11's own command lines for Nova-shaped domains, through the wrapper.
+# shellcheck source=argv-phase.sh
+. "$here/argv-phase.sh"
+to_native() { V domxml-to-native qemu-argv "/srv/e2e/$1"; }
+argv_phase "$W" "$W/upper/srv/e2e" "$bin_dir/qemu-kvm-wrapper" E2E_vendor
 
 domain_xml vq-broken "<hostdev mode='subsystem' type='pci' managed='no'><source><address domain='0x0000' bus='0x7f' slot='0x1f' function='0x7'/></source></hostdev>" \
   >"$W/upper/srv/e2e/broken.xml"
