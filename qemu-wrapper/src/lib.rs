@@ -352,9 +352,9 @@ pub fn reason_to_apply(apply_to: ApplyTo, argv: &[OsString], sysfs: &Path) -> Op
                     }
                     Ok(_) => {}
                     Err(err) => {
+                        // The error names the file.
                         unsure.get_or_insert(format!(
-                            "vfio-pci {addr} counted as a GPU: cannot read its class from {}: {err}",
-                            addr.sysfs_dir(sysfs).join("class").display()
+                            "vfio-pci {addr} counted as a GPU: cannot read its class: {err}"
                         ));
                     }
                 }
@@ -492,6 +492,86 @@ mod tests {
                 "EPYC,hv-vendor-id=MyFake_KVM,kvm=on",
             ])
         );
+    }
+
+    /// A sysfs with these (address, class) functions; `None`: a class that is not hex.
+    fn sysfs_with(functions: &[(&str, Option<u32>)]) -> tempfile::TempDir {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (address, class) in functions {
+            let f = dir.path().join("bus/pci/devices").join(address);
+            std::fs::create_dir_all(&f).expect("mkdir");
+            let text = class.map_or("garbage\n".to_owned(), |c| format!("0x{c:06x}\n"));
+            std::fs::write(f.join("class"), text).expect("write class");
+        }
+        dir
+    }
+
+    #[test]
+    fn apply_to_decides_by_the_host_functions_class() {
+        let sysfs = sysfs_with(&[
+            ("0000:18:00.0", Some(0x030000)), // VGA
+            ("0000:3b:00.0", Some(0x030200)), // 3D controller
+            ("0000:5e:00.0", Some(0x020000)), // NIC
+            ("0000:af:00.0", None),
+        ]);
+        let vm = |hosts: &[&str]| -> Vec<OsString> {
+            let mut a = vec![OsString::from("qemu")];
+            for h in hosts {
+                a.push("-device".into());
+                a.push(format!("vfio-pci,host={h}").into());
+            }
+            a
+        };
+        let why = |apply: ApplyTo, hosts: &[&str]| reason_to_apply(apply, &vm(hosts), sysfs.path());
+        assert_eq!(why(ApplyTo::None, &["0000:18:00.0"]), None);
+        assert_eq!(
+            why(ApplyTo::All, &[]).as_deref(),
+            Some("apply_to = \"all\"")
+        );
+        assert_eq!(why(ApplyTo::Vfio, &[]), None);
+        assert_eq!(
+            why(ApplyTo::Vfio, &["0000:5e:00.0"]).as_deref(),
+            Some("vfio-pci device 0000:5e:00.0")
+        );
+        assert_eq!(
+            why(ApplyTo::Vga, &["0000:5e:00.0", "0000:18:00.0"]).as_deref(),
+            Some("vfio-pci 0000:18:00.0 is a VGA controller (class 0x030000)")
+        );
+        assert_eq!(why(ApplyTo::Vga, &["0000:3b:00.0", "0000:5e:00.0"]), None);
+        assert_eq!(
+            why(ApplyTo::Gpu, &["0000:5e:00.0", "0000:3b:00.0"]).as_deref(),
+            Some("vfio-pci 0000:3b:00.0 is a display controller (class 0x030200)")
+        );
+        assert_eq!(why(ApplyTo::Gpu, &["0000:5e:00.0"]), None);
+        assert_eq!(why(ApplyTo::Vga, &[]), None);
+        // A class that cannot be read counts, and says which file; a sure answer wins.
+        let unsure = why(ApplyTo::Vga, &["0000:af:00.0"]).expect("counted as a GPU");
+        assert!(
+            unsure.starts_with("vfio-pci 0000:af:00.0 counted as a GPU: cannot read its class: ")
+                && unsure.contains("0000:af:00.0/class"),
+            "{unsure}"
+        );
+        assert_eq!(
+            why(ApplyTo::Gpu, &["0000:af:00.0", "0000:3b:00.0"]).as_deref(),
+            Some("vfio-pci 0000:3b:00.0 is a display controller (class 0x030200)")
+        );
+        let no_host = reason_to_apply(
+            ApplyTo::Vga,
+            &args(&["qemu", "-device", "vfio-pci,id=x"]),
+            sysfs.path(),
+        );
+        assert_eq!(
+            no_host.as_deref(),
+            Some("vfio-pci device counted as a GPU: the device names no host= or sysfsdev=")
+        );
+    }
+
+    #[test]
+    fn only_the_first_legacy_part_without_a_key_is_the_driver() {
+        assert!(
+            parse_vfio_device(OsStr::new("virtio-net-pci,vfio-pci,host=0000:18:00.0")).is_none()
+        );
+        assert!(parse_vfio_device(OsStr::new("vfio-pci,x,host=0000:18:00.0")).is_some());
     }
 
     #[test]
