@@ -623,10 +623,28 @@ apply_to = "vfio"
 [hook]
 mode = "warn"
 reserved_host_memory_mib = 8_192
+
+[bookings]
+mode = "enforce"
+file = "/srv/calendar/bookings.json"
+match_user = true
+
+[metrics]
+textfile_dir = "/run/node_exporter"
 "#,
         );
         assert_eq!(parsed.problems, vec![]);
         let c = parsed.config;
+        assert_eq!(
+            c.bookings,
+            BookingsConfig {
+                mode: BookingsMode::Enforce,
+                file: PathBuf::from("/srv/calendar/bookings.json"),
+                match_user: true
+            }
+        );
+        assert_eq!(c.metrics.textfile_dir, Path::new("/run/node_exporter"));
+        assert_eq!(c.wrapper.hv_vendor_id.to_string(), "0123456789ab");
         assert_eq!(c.wrapper.target, Path::new("/usr/bin/qemu-system-x86_64"));
         assert_eq!(c.wrapper.hv_vendor_id.as_str(), "0123456789ab");
         assert!(!c.wrapper.hide_kvm);
@@ -707,11 +725,51 @@ reserved_host_memory_mib = 8_192
         let path = dir.path().join("config.toml");
         assert_eq!(load(&path).expect("missing file").config, Config::default());
         std::fs::write(&path, "[hook]\nmode = \"loud\"\n").expect("write");
-        let err = load(&path).expect_err("bad mode").to_string();
+        let err = load(&path).expect_err("bad mode");
+        assert!(std::error::Error::source(&err).is_none());
+        let err = err.to_string();
         assert!(
             err.contains("config.toml: line 2: hook.mode: expected one of"),
             "{err}"
         );
+        // Two problems, in order, one "; " between them.
+        std::fs::write(
+            &path,
+            "[hook]\nmode = \"loud\"\nreserved_host_memory_mib = -1\n",
+        )
+        .expect("write");
+        let err = load(&path).expect_err("two bad values").to_string();
+        let (first, second) = err.split_once("; ").expect("two problems");
+        assert!(
+            first.starts_with(&format!("{}: line 2: hook.mode: ", path.display())),
+            "{err}"
+        );
+        assert!(
+            second.starts_with("line 3: hook.reserved_host_memory_mib"),
+            "{err}"
+        );
+        assert!(!second.contains("; "), "{err}");
+        // A directory where the file should be: a read error, its cause kept, and no
+        // hint about permissions (that is for EACCES only).
+        let err = load(dir.path()).expect_err("a directory");
+        assert!(std::error::Error::source(&err).is_some());
+        let text = err.to_string();
+        assert!(
+            text.starts_with(&format!("cannot read {}: ", dir.path().display())),
+            "{text}"
+        );
+        assert!(!text.contains("check its mode"), "{text}");
+        assert_eq!(
+            read_text(dir.path()).map_err(|e| e.kind()),
+            Err(io::ErrorKind::IsADirectory)
+        );
+    }
+
+    #[test]
+    fn the_path_in_force_is_the_variable_or_the_default() {
+        // Only this test touches the variable in this test binary.
+        std::env::remove_var(PATH_ENV);
+        assert_eq!(path_from_env(), Path::new(DEFAULT_PATH));
     }
 
     #[test]

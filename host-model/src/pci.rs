@@ -275,6 +275,134 @@ pub fn read_health(sysfs: &Path, address: &PciAddress) -> Health {
 mod tests {
     use super::*;
 
+    /// A function directory as the kernel makes one, under `sysfs`.
+    fn function(sysfs: &Path, address: &str, files: &[(&str, &str)], links: &[(&str, &str)]) {
+        let dir = sysfs.join("bus/pci/devices").join(address);
+        std::fs::create_dir_all(&dir).expect("mkdir");
+        for (name, text) in files {
+            std::fs::write(dir.join(name), text).expect("write");
+        }
+        for (name, target) in links {
+            std::os::unix::fs::symlink(target, dir.join(name)).expect("symlink");
+        }
+    }
+
+    #[test]
+    fn reads_a_function_whole_from_sysfs() {
+        let sysfs = tempfile::tempdir().expect("tempdir");
+        let s = sysfs.path();
+        function(
+            s,
+            "0000:18:00.0",
+            &[
+                ("vendor", "0x10de\n"),
+                ("device", "0x1b02\n"),
+                ("class", "0x030000\n"),
+                ("sriov_totalvfs", "0\n"),
+                ("numa_node", "1\n"),
+            ],
+            &[
+                ("driver", "../../../bus/pci/drivers/vfio-pci"),
+                ("iommu_group", "../../../kernel/iommu_groups/30"),
+            ],
+        );
+        function(
+            s,
+            "0000:3b:00.1",
+            &[
+                ("vendor", "0x8086\n"),
+                ("device", "0x1572\n"),
+                ("class", "0x020000\n"),
+                ("sriov_totalvfs", "64\n"),
+                ("numa_node", "-1\n"),
+            ],
+            &[("physfn", "../0000:3b:00.0")],
+        );
+        let gpu = PciFunction::read(s, "0000:18:00.0".parse().expect("address")).expect("read");
+        assert_eq!(
+            gpu,
+            PciFunction {
+                address: "0000:18:00.0".parse().expect("address"),
+                vendor_id: 0x10de,
+                device_id: 0x1b02,
+                class: 0x030000,
+                driver: Some("vfio-pci".into()),
+                iommu_group: Some(30),
+                sriov_capable: false,
+                is_virtual_function: false,
+                numa_node: Some(1),
+            }
+        );
+        assert_eq!(gpu.ids(), "10de:1b02");
+        let vf = PciFunction::read(s, "0000:3b:00.1".parse().expect("address")).expect("read");
+        assert_eq!(
+            (
+                vf.driver,
+                vf.iommu_group,
+                vf.sriov_capable,
+                vf.is_virtual_function,
+                vf.numa_node
+            ),
+            (None, None, true, true, None)
+        );
+        // numa_node 0 is a node, not "none".
+        std::fs::write(s.join("bus/pci/devices/0000:3b:00.1/numa_node"), "0\n").expect("write");
+        let vf = PciFunction::read(s, "0000:3b:00.1".parse().expect("address")).expect("read");
+        assert_eq!(vf.numa_node, Some(0));
+        // Hex attributes: 0x or not, at most 8 digits, nothing else.
+        for (text, ok) in [
+            ("10de", true),
+            ("0x", false),
+            ("0x000000001", false),
+            ("0x1g", false),
+        ] {
+            std::fs::write(s.join("bus/pci/devices/0000:3b:00.1/vendor"), text).expect("write");
+            let got = PciFunction::read(s, "0000:3b:00.1".parse().expect("address"));
+            assert_eq!(got.is_ok(), ok, "{text:?}: {got:?}");
+        }
+    }
+
+    #[test]
+    fn lists_functions_groups_and_bridges() {
+        let sysfs = tempfile::tempdir().expect("tempdir");
+        let s = sysfs.path();
+        assert!(!iommu_active(s), "no iommu_groups directory");
+        for a in ["0000:3b:00.0", "0000:18:00.1", "0000:18:00.0"] {
+            function(s, a, &[], &[]);
+        }
+        std::fs::create_dir_all(s.join("bus/pci/devices/not-an-address")).expect("mkdir");
+        let listed: Vec<String> = list_addresses(s)
+            .expect("list")
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(listed, ["0000:18:00.0", "0000:18:00.1", "0000:3b:00.0"]);
+        assert!(exists(s, &"18:00.1".parse().expect("address")));
+        assert!(!exists(s, &"18:00.2".parse().expect("address")));
+
+        std::fs::create_dir_all(s.join("kernel/iommu_groups")).expect("mkdir");
+        assert!(!iommu_active(s), "an empty iommu_groups directory");
+        let group = s.join("kernel/iommu_groups/30/devices");
+        std::fs::create_dir_all(&group).expect("mkdir");
+        for a in ["0000:18:00.1", "0000:18:00.0"] {
+            std::os::unix::fs::symlink(format!("../../../../bus/pci/devices/{a}"), group.join(a))
+                .expect("symlink");
+        }
+        assert!(iommu_active(s));
+        let members: Vec<String> = iommu_group_members(s, 30)
+            .expect("members")
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+        assert_eq!(members, ["0000:18:00.0", "0000:18:00.1"]);
+        assert!(iommu_group_members(s, 31).is_err());
+
+        assert!(is_pci_bridge(0x060400));
+        assert!(is_pci_bridge(0x060401));
+        assert!(!is_pci_bridge(0x060000), "a host bridge");
+        assert!(!is_pci_bridge(0x030000));
+    }
+
     #[test]
     fn parses_long_and_short_forms() {
         let long: PciAddress = "0000:18:00.0".parse().expect("long form");
@@ -283,6 +411,8 @@ mod tests {
         assert_eq!(long.to_string(), "0000:18:00.0");
         let vmd: PciAddress = "10000:E1:1f.7".parse().expect("vmd domain");
         assert_eq!(vmd.to_string(), "10000:e1:1f.7");
+        let widest: PciAddress = "ffffffff:ff:1f.7".parse().expect("8 hex digits of domain");
+        assert_eq!(widest.to_string(), "ffffffff:ff:1f.7");
     }
 
     #[test]
@@ -299,6 +429,7 @@ mod tests {
             "1:2:3:4.0",
             " 18:00.0",
             "+18:00.0",
+            "000000000:18:00.0",
         ] {
             let err = bad.parse::<PciAddress>().expect_err(bad);
             assert!(err.to_string().contains("not a PCI address"), "{bad}");
