@@ -14,21 +14,16 @@ use serde::Serialize;
 use crate::files::write_atomic;
 
 /// Read and check the whole bookings file, and write the hook's index of it
-/// (`STATE/bookings.index`, see [`bookings::index`]) when the index does not describe the
-/// file as it is now. An index that cannot be written is a warning: the hook then
+/// (`STATE/bookings.index`, see [`bookings::index`]) when the index there differs (the
+/// file changed since). An index that cannot be written is a warning: the hook then
 /// checks the whole file at each GPU start, slower but the same answer.
 pub fn load_and_index(file: &Path, state_dir: &Path) -> Result<Vec<Booking>> {
-    let all = bookings::load(file)?;
+    let (index, all) = bookings::index::build(file)?;
     let index_path = state_dir.join(bookings::index::INDEX_FILE);
-    let current = std::fs::read(&index_path).is_ok_and(|ix| bookings::index::is_current(&ix, file));
-    if !current {
-        let written = bookings::index::build(file)
-            .map_err(anyhow::Error::from)
-            .and_then(|(bytes, _)| {
-                std::fs::create_dir_all(state_dir)
-                    .with_context(|| format!("cannot create {}", state_dir.display()))?;
-                Ok(write_atomic(&index_path, &bytes, 0o644)?)
-            });
+    if std::fs::read(&index_path).ok().as_deref() != Some(index.as_slice()) {
+        let written = std::fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create {}", state_dir.display()))
+            .and_then(|()| Ok(write_atomic(&index_path, &index, 0o644)?));
         if let Err(e) = written {
             eprintln!(
                 "gpu-passthrough: warning: cannot write the bookings index {} ({e:#}); the hook \

@@ -115,6 +115,7 @@ pub fn bookings(text: &str, now: DateTime<Utc>) -> Result<Vec<Entry>> {
             let (start, end) = zones
                 .span(o)
                 .map_err(|e| anyhow!(at(&format!("override {rid_at}: {e}"))))?;
+            let (start, end) = (start.with_timezone(&Utc), end.with_timezone(&Utc));
             if window.keeps(start, end) {
                 let id = format!("{uid}/{}", utc(rid_at.with_timezone(&Utc)));
                 out.push(entry(o, *master, id, start, end).map_err(|e| anyhow!(at(&e)))?);
@@ -126,7 +127,8 @@ pub fn bookings(text: &str, now: DateTime<Utc>) -> Result<Vec<Entry>> {
         if cancelled(event) {
             continue;
         }
-        let (start, end) = zones.span(event).map_err(|e| anyhow!(at(&e)))?;
+        let (dtstart, dtend) = zones.span(event).map_err(|e| anyhow!(at(&e)))?;
+        let (start, end) = (dtstart.with_timezone(&Utc), dtend.with_timezone(&Utc));
         if find(event, "RRULE").is_none() && find(event, "RDATE").is_none() {
             if window.keeps(start, end) {
                 out.push(entry(event, None, uid.clone(), start, end).map_err(|e| anyhow!(at(&e)))?);
@@ -134,14 +136,14 @@ pub fn bookings(text: &str, now: DateTime<Utc>) -> Result<Vec<Entry>> {
             continue;
         }
         for occurrence in zones
-            .occurrences(event, &window, end - start)
+            .occurrences(event, dtstart, &window, end - start)
             .map_err(|e| anyhow!(at(&e)))?
         {
             let o_start = occurrence.with_timezone(&Utc);
             if replaced.contains(&o_start) {
                 continue;
             }
-            let o_end = occurrence.with_timezone(&Utc) + (end - start);
+            let o_end = o_start + (end - start);
             if window.keeps(o_start, o_end) {
                 let id = format!("{uid}/{}", utc(o_start));
                 out.push(entry(event, None, id, o_start, o_end).map_err(|e| anyhow!(at(&e)))?);
@@ -244,8 +246,8 @@ impl Zones {
         Ok(local_time(zone, local))
     }
 
-    /// An event's start and end.
-    fn span(&self, e: &Component<'_>) -> Result<(DateTime<Utc>, DateTime<Utc>), String> {
+    /// An event's start (in its zone, as recurrence needs it) and end.
+    fn span(&self, e: &Component<'_>) -> Result<(DateTime<Tz>, DateTime<Tz>), String> {
         let start_p = find(e, "DTSTART").ok_or("it has no DTSTART")?;
         let start = self.instant(start_p).map_err(|x| format!("DTSTART: {x}"))?;
         let all_day = param(start_p, "VALUE").is_some_and(|v| v.eq_ignore_ascii_case("DATE"))
@@ -264,18 +266,17 @@ impl Zones {
         if end <= start {
             return Err(format!("it ends ({end}) before it starts ({start})"));
         }
-        Ok((start.with_timezone(&Utc), end.with_timezone(&Utc)))
+        Ok((start, end))
     }
 
     /// The starts of a recurring event's occurrences that may fall in `window`.
     fn occurrences(
         &self,
         e: &Component<'_>,
+        dtstart: DateTime<Tz>,
         window: &Window,
         length: chrono::Duration,
     ) -> Result<Vec<DateTime<Tz>>, String> {
-        let start_p = find(e, "DTSTART").expect("span read it");
-        let dtstart = self.instant(start_p).map_err(|x| format!("DTSTART: {x}"))?;
         let mut set = rrule::RRuleSet::new(dtstart);
         for p in e.properties.iter().filter(|p| is(&p.name, "RRULE")) {
             let rule: RRule<Unvalidated> = p

@@ -81,20 +81,27 @@ impl Qmp {
     }
 }
 
+/// A paused TCG machine with nothing but its CPU, spoken to over `-qmp stdio`.
+const PAUSED_TCG: [&str; 12] = [
+    "-accel",
+    "tcg",
+    "-machine",
+    "pc",
+    "-m",
+    "16",
+    "-S",
+    "-display",
+    "none",
+    "-nodefaults",
+    "-qmp",
+    "stdio",
+];
+
 fn start_through_wrapper(config: &Path) -> Qmp {
     let mut command = Command::new(bin("qemu-kvm-wrapper"));
     command
-        .args([
-            "-accel",
-            "tcg",
-            "-machine",
-            "pc",
-            "-S",
-            "-display",
-            "none",
-            "-nodefaults",
-        ])
-        .args(["-qmp", "stdio", "-cpu", "qemu64"])
+        .args(PAUSED_TCG)
+        .args(["-cpu", "qemu64"])
         .env("GPU_PASSTHROUGH_CONFIG", config);
     Qmp::start(command)
 }
@@ -151,16 +158,8 @@ const CPU_PROPERTIES: [&str; 4] = ["kvm", "hv-vendor-id", "model-id", "level"];
 /// first CPU's properties over QMP and quit; all commands go in at once.
 fn cpu_view(program: &Path, config: &Path, value: &str) -> (Option<CpuView>, String) {
     let mut child = Command::new(program)
-        .args(["-accel", "tcg", "-machine", "pc", "-m", "16", "-S"])
-        .args([
-            "-display",
-            "none",
-            "-nodefaults",
-            "-qmp",
-            "stdio",
-            "-cpu",
-            value,
-        ])
+        .args(PAUSED_TCG)
+        .args(["-cpu", value])
         .env("GPU_PASSTHROUGH_CONFIG", config)
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

@@ -39,9 +39,9 @@ fn identity(meta: &Metadata, entries: usize) -> Vec<u8> {
     .into_bytes()
 }
 
-/// Check the whole bookings file at `path` and return its index, and the number of
-/// bookings. An error is the file's, as [`super::load`] gives it.
-pub fn build(path: &Path) -> Result<(Vec<u8>, usize), BookingsError> {
+/// Check the whole bookings file at `path` and return its index and its bookings. An
+/// error is the file's, as [`super::load`] gives it.
+pub fn build(path: &Path) -> Result<(Vec<u8>, Vec<Booking>), BookingsError> {
     let err = |message: String| BookingsError {
         path: path.to_owned(),
         message,
@@ -58,7 +58,7 @@ pub fn build(path: &Path) -> Result<(Vec<u8>, usize), BookingsError> {
     }
     let spans = spans(&text).map_err(err)?;
     // Every booking is checked, as the hook would check its own.
-    select(text.as_bytes(), &spans, &[]).map_err(err)?;
+    let all = select(text.as_bytes(), &spans, &[]).map_err(err)?;
     let mut out = MAGIC.to_vec();
     out.extend(identity(&meta, spans.len()));
     for (start, end) in &spans {
@@ -68,12 +68,7 @@ pub fn build(path: &Path) -> Result<(Vec<u8>, usize), BookingsError> {
         out.extend(s.to_le_bytes());
         out.extend(e.to_le_bytes());
     }
-    Ok((out, spans.len()))
-}
-
-/// Whether `index` (its bytes) describes the file at `path` as it is now.
-pub fn is_current(index: &[u8], path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|meta| read(index, &meta).is_some())
+    Ok((out, all))
 }
 
 /// The bookings' spans, when `index` describes the file (`meta`) exactly.
@@ -144,6 +139,11 @@ mod tests {
         format!("{{\"bookings\": [\n{}\n]}}\n", entries.join(",\n"))
     }
 
+    /// Whether `index` (its bytes) describes the file at `path` as it is now.
+    fn is_current(index: &[u8], path: &Path) -> bool {
+        std::fs::metadata(path).is_ok_and(|meta| read(index, &meta).is_some())
+    }
+
     fn ids(b: &[Booking]) -> Vec<&str> {
         b.iter().map(|b| b.entry.id.as_str()).collect()
     }
@@ -157,8 +157,8 @@ mod tests {
             .collect();
         let text = file_of(&entries);
         std::fs::write(&path, &text).expect("write");
-        let (bytes, n) = build(&path).expect("index");
-        assert_eq!(n, 20);
+        let (bytes, all) = build(&path).expect("index");
+        assert_eq!(all.len(), 20);
         let ix = dir.path().join(INDEX_FILE);
         std::fs::write(&ix, &bytes).expect("write index");
         let file = File::open(&path).expect("open");
