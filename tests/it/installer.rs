@@ -2081,6 +2081,12 @@ fn usage_reports_gpu_hours_and_refusals_per_key_over_a_window() {
          0000:3b:00.0,Tesla T4,4,1,booking=1;memory=1\n\
          0000:86:00.0,TITAN Xp,2,0,\n"
     );
+    // A key usage does not know: a usage error listing the keys it knows.
+    assert_exit(
+        &run(&["--by", "tenant"]),
+        2,
+        "[possible values: project, user, flavor, model, instance, gpu]",
+    );
     let table = stdout(&run(&["--by", "flavor"]));
     assert_eq!(
         table,
@@ -3075,4 +3081,16 @@ fn bookings_import_reads_an_icalendar_export_with_zones_and_recurrence() {
         );
         assert_eq!(std::fs::read(&file).expect("read"), before, "{message}");
     }
+    // A time override that is not a time: named, and nothing written.
+    let out = host
+        .command(&["bookings", "import", &export])
+        .env("GPU_PASSTHROUGH_NOW", "next tuesday")
+        .output()
+        .expect("run");
+    assert_exit(
+        &out,
+        1,
+        "$GPU_PASSTHROUGH_NOW \"next tuesday\" is not an RFC 3339 time",
+    );
+    assert_eq!(std::fs::read(&file).expect("read"), before);
 }
