@@ -85,3 +85,62 @@ pub fn file_is_wrapper(path: &std::path::Path) -> std::io::Result<bool> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_marker_is_found_wherever_it_lies_in_a_large_file() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let marker = WRAPPER_MARKER.as_bytes();
+        let piece = 1 << 20;
+        let cases: [(&str, Option<usize>); 5] = [
+            ("at the start", Some(0)),
+            ("across the first piece's end", Some(piece - 10)),
+            (
+                "across the second piece's end",
+                Some(2 * piece - marker.len() + 1),
+            ),
+            ("at the very end", Some(3 * piece - marker.len())),
+            ("nowhere", None),
+        ];
+        for (what, at) in cases {
+            let mut bytes = vec![0x5au8; 3 * piece];
+            if let Some(at) = at {
+                bytes[at..at + marker.len()].copy_from_slice(marker);
+            }
+            let path = dir.path().join("qemu-kvm");
+            std::fs::write(&path, &bytes).expect("write");
+            assert_eq!(
+                file_is_wrapper(&path).expect("read"),
+                at.is_some(),
+                "{what}"
+            );
+            assert_eq!(is_wrapper_binary(&bytes), at.is_some(), "{what}");
+        }
+        // Only a part of the marker, at the end: not the wrapper.
+        let path = dir.path().join("partial");
+        std::fs::write(&path, &marker[..marker.len() - 1]).expect("write");
+        assert!(!file_is_wrapper(&path).expect("read"));
+        std::fs::write(&path, b"").expect("write");
+        assert!(!file_is_wrapper(&path).expect("read"));
+        let missing = file_is_wrapper(&dir.path().join("none")).expect_err("no file");
+        assert_eq!(missing.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn the_roots_come_from_the_environment_unless_unset_or_empty() {
+        // The only test that touches these variables.
+        std::env::set_var(SYSFS_ENV, "/tmp/fake-sys");
+        std::env::set_var(PROC_ENV, "/tmp/fake-proc");
+        assert_eq!(sysfs_root_from_env(), PathBuf::from("/tmp/fake-sys"));
+        assert_eq!(proc_root_from_env(), PathBuf::from("/tmp/fake-proc"));
+        std::env::set_var(SYSFS_ENV, "");
+        std::env::remove_var(PROC_ENV);
+        assert_eq!(sysfs_root_from_env(), PathBuf::from("/sys"));
+        assert_eq!(proc_root_from_env(), PathBuf::from("/proc"));
+        assert_eq!(env_path(SYSFS_ENV), None);
+        std::env::remove_var(SYSFS_ENV);
+    }
+}

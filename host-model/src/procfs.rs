@@ -51,6 +51,27 @@ mod tests {
     use super::*;
 
     #[test]
+    fn the_command_line_is_its_words_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(
+            dir.path().join("cmdline"),
+            "BOOT_IMAGE=(hd0,gpt2)/vmlinuz ro  crashkernel=auto\tquiet\n",
+        )
+        .expect("write");
+        assert_eq!(
+            kernel_cmdline(dir.path()).expect("read"),
+            [
+                "BOOT_IMAGE=(hd0,gpt2)/vmlinuz",
+                "ro",
+                "crashkernel=auto",
+                "quiet"
+            ]
+        );
+        let missing = kernel_cmdline(&dir.path().join("none")).expect_err("no file");
+        assert_eq!(missing.kind(), io::ErrorKind::NotFound);
+    }
+
+    #[test]
     fn whole_words() {
         let cmdline: Vec<String> =
             "BOOT_IMAGE=/vmlinuz ro intel_iommu=on iommu=pt rd.driver.pre=vfio-pci"

@@ -16,7 +16,8 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use integration_tests::{bin, write_file, FakeSysfs, PciFunction};
+use integration_tests::host::{HostRoot, BOOKINGS, CONFIG, LIBVIRT_RUN, STATE_DIR};
+use integration_tests::{bin, write_file, PciFunction};
 
 /// Median over `rounds` of the mean time of `per_round` runs.
 fn time(rounds: usize, per_round: usize, mut run: impl FnMut()) -> Duration {
@@ -53,8 +54,8 @@ fn hostdev(address: &str) -> String {
 }
 
 fn main() {
-    let dir = tempfile::tempdir().expect("tempdir");
-    let sysfs = FakeSysfs::new(&dir.path().join("sys"));
+    let host = HostRoot::new();
+    let sysfs = host.sysfs();
     // 1000 functions: 8 GPUs with their audio functions, each pair an IOMMU group, and
     // 984 others (NICs, NVMe, bridges) in groups of their own.
     let mut gpus = Vec::new();
@@ -93,19 +94,16 @@ fn main() {
             count += 1;
         }
     }
-    write_file(
-        &dir.path().join("proc/meminfo"),
-        "MemTotal: 1056964608 kB\n",
-    );
-    write_file(&dir.path().join("config.toml"), "");
-    std::fs::create_dir_all(dir.path().join("run")).expect("run dir");
-    let plain = dir.path().join("plain.xml");
+    host.meminfo(1008 << 30);
+    host.config("");
+    std::fs::create_dir_all(host.path(LIBVIRT_RUN)).expect("run dir");
+    let plain = host.path("plain.xml");
     write_file(
         &plain,
         "<domain type='kvm'><name>plain</name><memory unit='GiB'>4</memory><devices>\
          <disk type='file'/><interface type='bridge'/><memballoon model='virtio'/></devices></domain>",
     );
-    let eight = dir.path().join("eight.xml");
+    let eight = host.path("eight.xml");
     let hostdevs: String = gpus.iter().map(|a| hostdev(a)).collect();
     write_file(
         &eight,
@@ -115,7 +113,7 @@ fn main() {
         ),
     );
 
-    let one = dir.path().join("one.xml");
+    let one = host.path("one.xml");
     write_file(
         &one,
         format!(
@@ -127,13 +125,8 @@ fn main() {
 
     let hook = bin("gpu-passthrough-hook");
     let hook_at = |name: &str, op: &str, sub: &str| {
-        let mut c = Command::new(&hook);
+        let mut c = host.command(&hook);
         c.args([name, op, sub, "-"])
-            .env("GPU_PASSTHROUGH_SYSFS", sysfs.root())
-            .env("GPU_PASSTHROUGH_PROC", dir.path().join("proc"))
-            .env("GPU_PASSTHROUGH_LIBVIRT_RUN", dir.path().join("run"))
-            .env("GPU_PASSTHROUGH_CONFIG", dir.path().join("config.toml"))
-            .env("GPU_PASSTHROUGH_STATE_DIR", dir.path().join("state"))
             .env("GPU_PASSTHROUGH_HOSTNAME", "bench");
         c
     };
@@ -157,7 +150,7 @@ fn main() {
     });
     // Bookings: a Nova GPU domain at prepare, without bookings and with [bookings]
     // mode = "enforce" over a file of 10,000 bookings (one of them this project's).
-    let nova = dir.path().join("nova.xml");
+    let nova = host.path("nova.xml");
     write_file(
         &nova,
         format!(
@@ -179,17 +172,17 @@ fn main() {
     }
     entries.push("{\"id\": \"mine\", \"project\": \"climate\", \"model\": \"10de:1eb8\", \"start\": \"2000-01-01T00:00:00Z\", \"end\": \"2100-01-01T00:00:00Z\"}".into());
     write_file(
-        &dir.path().join("bookings.json"),
+        &host.path(BOOKINGS),
         format!("{{\"bookings\": [{}]}}", entries.join(",")),
     );
     let t_nova = time(rounds, per_round / 4, || {
         run_with_stdin(&mut hook_command("nova"), &nova)
     });
     write_file(
-        &dir.path().join("config.toml"),
+        &host.path(CONFIG),
         format!(
             "[bookings]\nmode = \"enforce\"\nfile = {:?}\n",
-            dir.path().join("bookings.json").display().to_string()
+            host.path(BOOKINGS).display().to_string()
         ),
     );
     run_with_stdin(&mut hook_command("nova"), &nova);
@@ -201,18 +194,18 @@ fn main() {
     // `bookings list` (as `metrics` every 30 s) checks the file and writes the index.
     let listed = Command::new(bin("gpu-passthrough"))
         .args(["bookings", "list"])
-        .env("GPU_PASSTHROUGH_CONFIG", dir.path().join("config.toml"))
-        .env("GPU_PASSTHROUGH_STATE_DIR", dir.path().join("state"))
+        .env("GPU_PASSTHROUGH_CONFIG", host.path(CONFIG))
+        .env("GPU_PASSTHROUGH_STATE_DIR", host.path(STATE_DIR))
         .env("GPU_PASSTHROUGH_HOSTNAME", "bench")
         .stdout(Stdio::null())
         .status()
         .expect("run gpu-passthrough bookings list");
     assert!(listed.success(), "bookings list failed: {listed}");
-    assert!(dir.path().join("state/bookings.index").is_file());
+    assert!(host.path(&format!("{STATE_DIR}/bookings.index")).is_file());
     let t_booked = time(rounds, per_round / 4, || {
         run_with_stdin(&mut hook_command("nova"), &nova)
     });
-    write_file(&dir.path().join("config.toml"), "");
+    write_file(&host.path(CONFIG), "");
 
     let t_started_plain = time(rounds, per_round, || {
         run_with_stdin(&mut hook_at("plain", "started", "begin"), &plain)

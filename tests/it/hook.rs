@@ -5,8 +5,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 
+use integration_tests::host::{HostRoot, BOOKINGS, CONFIG, LIBVIRT_RUN, STATE_DIR};
 use integration_tests::{assert_exit, bin, stderr, stdout, write_file, FakeSysfs, PciFunction};
-use tempfile::TempDir;
 
 const GPU: &str = "0000:18:00.0";
 const GPU_AUDIO: &str = "0000:18:00.1";
@@ -15,37 +15,43 @@ const GIB: u64 = 1 << 30;
 const PCI_IDS: &str = "10de  NVIDIA Corporation\n\t1b02  GP102 [TITAN Xp]\n\t10ef  GP102 HDMI Audio Controller\n\t1eb8  TU104GL [Tesla T4]\n8086  Intel Corporation\n\t1572  Ethernet Controller X710 for 10GbE SFP+\n";
 
 /// A GPU hypervisor for one test: a Titan Xp (VGA + audio, IOMMU group 30) on vfio-pci,
-/// 64 GiB of memory, no running domains.
-struct Host {
-    dir: TempDir,
-    sysfs: FakeSysfs,
+/// 64 GiB of memory, no running domains, an empty config.
+fn titan_host() -> HostRoot {
+    let host = HostRoot::new();
+    host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(30));
+    host.function(
+        GPU_AUDIO,
+        0x10de,
+        0x10ef,
+        0x040300,
+        Some("vfio-pci"),
+        Some(30),
+    );
+    host.meminfo(64 * GIB);
+    std::fs::create_dir_all(host.path(LIBVIRT_RUN)).expect("run dir");
+    host.pci_ids(PCI_IDS);
+    host.config("");
+    host
 }
 
-impl Host {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sysfs = FakeSysfs::new(&dir.path().join("sys"));
-        let host = Host { dir, sysfs };
-        host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(30));
-        host.function(
-            GPU_AUDIO,
-            0x10de,
-            0x10ef,
-            0x040300,
-            Some("vfio-pci"),
-            Some(30),
-        );
-        host.meminfo(64 * GIB);
-        std::fs::create_dir_all(host.path("run")).expect("run dir");
-        write_file(&host.path("pci.ids"), PCI_IDS);
-        write_file(&host.path("config.toml"), "");
-        host
-    }
+/// The hook's calls on a [`HostRoot`].
+trait Hook {
+    fn function(
+        &self,
+        address: &str,
+        vendor: u16,
+        device: u16,
+        class: u32,
+        driver: Option<&str>,
+        iommu_group: Option<u32>,
+    );
+    fn hook(&self, args: &[&str]) -> Command;
+    fn ledger(&self) -> Vec<serde_json::Value>;
+    fn run(&self, args: &[&str], stdin: &str) -> Output;
+    fn prepare(&self, name: &str, xml: &str) -> Output;
+}
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
+impl Hook for HostRoot {
     fn function(
         &self,
         address: &str,
@@ -55,7 +61,7 @@ impl Host {
         driver: Option<&str>,
         iommu_group: Option<u32>,
     ) {
-        self.sysfs.add(&PciFunction {
+        self.add(&PciFunction {
             address,
             vendor,
             device,
@@ -65,46 +71,17 @@ impl Host {
         });
     }
 
-    fn meminfo(&self, total: u64) {
-        write_file(
-            &self.path("proc/meminfo"),
-            format!(
-                "MemTotal:       {} kB\nMemFree:        1024 kB\nHugepagesize:       2048 kB\n",
-                total / 1024
-            ),
-        );
-    }
-
-    fn config(&self, text: &str) {
-        write_file(&self.path("config.toml"), text);
-    }
-
-    /// A running domain, as libvirt's status file.
-    fn running(&self, name: &str, xml: &str) {
-        write_file(
-            &self.path(&format!("run/{name}.xml")),
-            format!("<domstatus state='running' reason='booted' pid='4242'>\n<monitor path='/x' type='unix'/>\n{xml}</domstatus>\n"),
-        );
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(bin("gpu-passthrough-hook"));
-        c.args(args)
-            .env_clear()
-            .env("GPU_PASSTHROUGH_CONFIG", self.path("config.toml"))
-            .env("GPU_PASSTHROUGH_SYSFS", self.sysfs.root())
-            .env("GPU_PASSTHROUGH_PROC", self.path("proc"))
-            .env("GPU_PASSTHROUGH_LIBVIRT_RUN", self.path("run"))
-            .env("GPU_PASSTHROUGH_PCI_IDS", self.path("pci.ids"))
-            .env("GPU_PASSTHROUGH_STATE_DIR", self.path("state"))
-            .env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1");
+    /// The hook as libvirt starts it, pointed at this root.
+    fn hook(&self, args: &[&str]) -> Command {
+        let mut c = self.command(&bin("gpu-passthrough-hook"));
+        c.args(args).env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1");
         c
     }
 
     /// Every ledger record, in file order, with its `ts` checked and taken out.
     fn ledger(&self) -> Vec<serde_json::Value> {
         let mut out = Vec::new();
-        let dir = self.path("state/usage");
+        let dir = self.path(&format!("{STATE_DIR}/usage"));
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return out;
         };
@@ -128,7 +105,7 @@ impl Host {
 
     fn run(&self, args: &[&str], stdin: &str) -> Output {
         let mut child = self
-            .command(args)
+            .hook(args)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -204,7 +181,7 @@ fn assert_refused(out: &Output, domain: &str, needles: &[&str]) {
 
 #[test]
 fn a_complete_gpu_passes_silently() {
-    let host = Host::new();
+    let host = titan_host();
     let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), ""));
     assert_allowed(&out);
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
@@ -212,7 +189,7 @@ fn a_complete_gpu_passes_silently() {
 
 #[test]
 fn every_other_operation_exits_0_whatever_stdin_holds() {
-    let host = Host::new();
+    let host = titan_host();
     // Broken in every way: missing device, broken config, garbage.
     host.config("[hook\nmode = ");
     let broken = domain("vm1", 1000, &[("0000:99:00.0", false)], "");
@@ -249,7 +226,7 @@ fn every_other_operation_exits_0_whatever_stdin_holds() {
 
 #[test]
 fn a_domain_without_pci_hostdevs_exits_0_at_once() {
-    let host = Host::new();
+    let host = titan_host();
     host.config("not toml at all [");
     assert_allowed(&host.prepare("plain", &domain("plain", 1000, &[], "")));
     assert_allowed(&host.prepare("garbage", "\x00\x01 not xml"));
@@ -262,7 +239,7 @@ fn a_domain_without_pci_hostdevs_exits_0_at_once() {
 
 #[test]
 fn an_incomplete_iommu_group_is_refused_with_device_names_and_fix() {
-    let host = Host::new();
+    let host = titan_host();
     // The audio function is still on the host's sound driver.
     host.function(
         GPU_AUDIO,
@@ -291,7 +268,7 @@ fn an_incomplete_iommu_group_is_refused_with_device_names_and_fix() {
 
 #[test]
 fn bridges_stub_and_driverless_members_keep_a_group_viable() {
-    let host = Host::new();
+    let host = titan_host();
     host.function(
         "0000:17:00.0",
         0x8086,
@@ -314,7 +291,7 @@ fn bridges_stub_and_driverless_members_keep_a_group_viable() {
 
 #[test]
 fn a_missing_device_is_refused() {
-    let host = Host::new();
+    let host = titan_host();
     let out = host.prepare("vm1", &domain("vm1", 4, &[("0000:99:00.0", true)], ""));
     assert_refused(
         &out,
@@ -325,7 +302,7 @@ fn a_missing_device_is_refused() {
 
 #[test]
 fn unmanaged_devices_must_already_be_on_vfio_pci() {
-    let host = Host::new();
+    let host = titan_host();
     host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("nouveau"), Some(30));
     let out = host.prepare(
         "vm1",
@@ -347,7 +324,7 @@ fn unmanaged_devices_must_already_be_on_vfio_pci() {
 #[test]
 fn the_iommu_off_is_refused() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let host = Host::new();
+    let host = titan_host();
     // A host booted without the IOMMU: functions without groups, no iommu_groups.
     let bare = FakeSysfs::new(&dir.path().join("sys"));
     bare.add(&PciFunction {
@@ -359,7 +336,7 @@ fn the_iommu_off_is_refused() {
         iommu_group: None,
     });
     let out = host
-        .command(&["vm1", "prepare", "begin", "-"])
+        .hook(&["vm1", "prepare", "begin", "-"])
         .env("GPU_PASSTHROUGH_SYSFS", bare.root())
         .stdin(Stdio::piped())
         .stderr(Stdio::piped())
@@ -377,7 +354,7 @@ fn the_iommu_off_is_refused() {
 
 #[test]
 fn a_device_held_by_another_running_domain_is_refused_naming_it() {
-    let host = Host::new();
+    let host = titan_host();
     host.running(
         "instance-00000001",
         &domain("instance-00000001", 8, &both_functions(), NOVA_METADATA),
@@ -398,7 +375,7 @@ fn a_device_held_by_another_running_domain_is_refused_naming_it() {
 
 #[test]
 fn a_group_member_held_by_another_domain_is_refused() {
-    let host = Host::new();
+    let host = titan_host();
     host.running("other", &domain("other", 8, &[(GPU_AUDIO, true)], ""));
     let out = host.prepare("vm2", &domain("vm2", 8, &[(GPU, true)], ""));
     assert_refused(
@@ -410,7 +387,7 @@ fn a_group_member_held_by_another_domain_is_refused() {
 
 #[test]
 fn memory_the_host_cannot_pin_is_refused() {
-    let host = Host::new();
+    let host = titan_host();
     let t4 = "0000:af:00.0";
     host.function(t4, 0x10de, 0x1eb8, 0x030200, Some("vfio-pci"), Some(40));
     host.running("big", &domain("big", 48, &[(t4, true)], ""));
@@ -433,7 +410,7 @@ fn memory_the_host_cannot_pin_is_refused() {
 
 #[test]
 fn a_hard_limit_below_memory_plus_1_gib_is_refused() {
-    let host = Host::new();
+    let host = titan_host();
     let low = "  <memtune><hard_limit unit='KiB'>17301503</hard_limit></memtune>\n";
     let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), low));
     assert_refused(&out, "vm1", &["hard_limit", "17825792 KiB"]);
@@ -443,11 +420,11 @@ fn a_hard_limit_below_memory_plus_1_gib_is_refused() {
 
 #[test]
 fn huge_pages_must_be_free() {
-    let host = Host::new();
+    let host = titan_host();
     let pool = "kernel/mm/hugepages/hugepages-1048576kB/free_hugepages";
     let node1 = "devices/system/node/node1/hugepages/hugepages-1048576kB/free_hugepages";
-    write_file(&host.sysfs.root().join(pool), "8\n");
-    write_file(&host.sysfs.root().join(node1), "16\n");
+    write_file(&host.sysfs().root().join(pool), "8\n");
+    write_file(&host.sysfs().root().join(node1), "16\n");
     let global =
         "  <memoryBacking><hugepages><page size='1' unit='G'/></hugepages></memoryBacking>\n";
     let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), global));
@@ -470,7 +447,7 @@ fn huge_pages_must_be_free() {
 
 #[test]
 fn a_balloon_or_low_current_memory_is_a_warning_not_a_refusal() {
-    let host = Host::new();
+    let host = titan_host();
     let extra = "  <currentMemory unit='KiB'>8388608</currentMemory>\n";
     let xml = domain("vm1", 16, &both_functions(), extra)
         .replace("</devices>", "  <memballoon model='virtio'/>\n  </devices>");
@@ -489,7 +466,7 @@ fn a_balloon_or_low_current_memory_is_a_warning_not_a_refusal() {
 
 #[test]
 fn warn_mode_starts_anyway_and_off_mode_checks_nothing() {
-    let host = Host::new();
+    let host = titan_host();
     let bad = domain("vm1", 4, &[("0000:99:00.0", true)], "");
     host.config("[hook]\nmode = \"warn\"\n");
     let out = host.prepare("vm1", &bad);
@@ -507,7 +484,7 @@ fn warn_mode_starts_anyway_and_off_mode_checks_nothing() {
 
 #[test]
 fn garbage_xml_with_hostdevs_is_refused_with_its_position_in_enforce_mode() {
-    let host = Host::new();
+    let host = titan_host();
     let garbage = "<domain>\n<name>vm1</name>\n<hostdev mode='subsystem'>\n</domain>\n";
     let out = host.prepare("vm1", garbage);
     assert_eq!(out.status.code(), Some(1));
@@ -522,7 +499,7 @@ fn garbage_xml_with_hostdevs_is_refused_with_its_position_in_enforce_mode() {
 
 #[test]
 fn a_broken_config_refuses_hostdev_domains_naming_file_line_and_key() {
-    let host = Host::new();
+    let host = titan_host();
     host.config("[hook]\nmode = \"enforce\"\nreserved_host_memory_mib = \"lots\"\n");
     let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
     assert_eq!(out.status.code(), Some(1));
@@ -535,8 +512,11 @@ fn a_broken_config_refuses_hostdev_domains_naming_file_line_and_key() {
 
 #[test]
 fn an_unreadable_status_file_is_a_warning() {
-    let host = Host::new();
-    write_file(&host.path("run/odd.xml"), "<domstatus><not-a-domain/>");
+    let host = titan_host();
+    write_file(
+        &host.path(&format!("{LIBVIRT_RUN}/odd.xml")),
+        "<domstatus><not-a-domain/>",
+    );
     let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
     assert_allowed(&out);
     assert!(stderr(&out).contains("WARN host-state"), "{}", stderr(&out));
@@ -544,7 +524,7 @@ fn an_unreadable_status_file_is_a_warning() {
 
 #[test]
 fn check_xml_prints_a_report() {
-    let host = Host::new();
+    let host = titan_host();
     host.function(
         GPU_AUDIO,
         0x10de,
@@ -590,7 +570,7 @@ fn check_xml_prints_a_report() {
 
 #[test]
 fn check_xml_errors_and_usage() {
-    let host = Host::new();
+    let host = titan_host();
     let out = host.run(&["--check-xml", "/nonexistent/vm.xml"], "");
     assert_exit(&out, 1, "cannot read /nonexistent/vm.xml");
     let out = host.run(&["--check-xml", "-"], "<domain><name>x</name>");
@@ -697,7 +677,7 @@ fn messages_go_to_journald_under_the_hooks_identifier() {
             .unwrap_or_else(|| panic!("no {name} in {fields:?}"))
     };
 
-    let host = Host::new();
+    let host = titan_host();
     let bad = domain("vm1", 4, &[("0000:99:00.0", true)], "");
     host.config("[hook]\nmode = \"warn\"\n");
     let out = host.prepare("vm1", &bad);
@@ -732,7 +712,7 @@ fn messages_go_to_journald_under_the_hooks_identifier() {
 
 #[test]
 fn four_arguments_are_libvirts_call_whatever_the_domain_is_named() {
-    let host = Host::new();
+    let host = titan_host();
     let broken = domain("-x", 1000, &[("0000:99:00.0", false)], "");
     // A domain named like a flag: reconnect and release must never fail.
     for name in ["-x", "--help", "--check-xml", "-V"] {
@@ -777,19 +757,22 @@ fn numa_guest(host_node: u32) -> String {
 
 #[test]
 fn huge_pages_come_from_the_host_node_numatune_names_not_the_guest_cell() {
-    let host = Host::new();
+    let host = titan_host();
     let pool = "hugepages/hugepages-1048576kB/free_hugepages";
-    write_file(&host.sysfs.root().join(format!("kernel/mm/{pool}")), "16\n");
+    write_file(
+        &host.sysfs().root().join(format!("kernel/mm/{pool}")),
+        "16\n",
+    );
     write_file(
         &host
-            .sysfs
+            .sysfs()
             .root()
             .join(format!("devices/system/node/node0/{pool}")),
         "0\n",
     );
     write_file(
         &host
-            .sysfs
+            .sysfs()
             .root()
             .join(format!("devices/system/node/node1/{pool}")),
         "16\n",
@@ -807,7 +790,7 @@ fn huge_pages_come_from_the_host_node_numatune_names_not_the_guest_cell() {
 
 #[test]
 fn a_hostdev_without_managed_is_unmanaged_as_in_libvirt() {
-    let host = Host::new();
+    let host = titan_host();
     host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("nouveau"), Some(30));
     let xml = domain("vm1", 4, &both_functions(), "").replace(" managed='yes'", "");
     let out = host.prepare("vm1", &xml);
@@ -820,7 +803,7 @@ fn a_hostdev_without_managed_is_unmanaged_as_in_libvirt() {
 
 #[test]
 fn another_namespaces_instance_element_is_not_novas_and_refuses_nothing() {
-    let host = Host::new();
+    let host = titan_host();
     let metadata = NOVA_METADATA.replace(
         "  </metadata>",
         "    <x:instance xmlns:x=\"http://example.org/scheduler/1\"><x:name>s</x:name></x:instance>\n  </metadata>",
@@ -839,7 +822,7 @@ fn another_namespaces_instance_element_is_not_novas_and_refuses_nothing() {
 
 #[test]
 fn memory_units_are_case_insensitive_as_libvirt_reads_them() {
-    let host = Host::new();
+    let host = titan_host();
     let xml = domain("vm1", 4, &both_functions(), "").replace(
         "<memory unit='KiB'>4194304</memory>",
         "<memory unit='gib'>4</memory>",
@@ -859,7 +842,7 @@ fn memory_units_are_case_insensitive_as_libvirt_reads_them() {
 
 #[test]
 fn an_interface_hostdev_pins_memory_like_a_hostdev() {
-    let host = Host::new();
+    let host = titan_host();
     let vf = "0000:3b:02.1";
     host.function(vf, 0x8086, 0x154c, 0x020000, Some("vfio-pci"), Some(60));
     let sriov = domain("sriov-vm", 48, &[], "").replace(
@@ -889,7 +872,7 @@ fn an_interface_hostdev_pins_memory_like_a_hostdev() {
 
 #[test]
 fn a_config_key_from_a_newer_version_is_a_warning_not_a_refusal() {
-    let host = Host::new();
+    let host = titan_host();
     host.config("[hook]\nmode = \"enforce\"\nfuture_knob = true\n[bookings]\nmode = \"enforce\"\n");
     let out = host.prepare("vm1", &domain("vm1", 4, &both_functions(), ""));
     assert_allowed(&out);
@@ -910,7 +893,7 @@ fn a_config_key_from_a_newer_version_is_a_warning_not_a_refusal() {
 
 #[test]
 fn the_ledger_records_start_reconnect_stop_and_refusals_of_gpu_domains() {
-    let host = Host::new();
+    let host = titan_host();
     let name = "instance-0000002a";
     let xml = domain(name, 16, &both_functions(), NOVA_METADATA);
     for (op, sub, extra) in [
@@ -959,9 +942,9 @@ fn the_ledger_records_start_reconnect_stop_and_refusals_of_gpu_domains() {
 
 #[test]
 fn a_ledger_that_cannot_be_written_never_fails_an_operation() {
-    let host = Host::new();
+    let host = titan_host();
     write_file(
-        &host.path("state"),
+        &host.path(STATE_DIR),
         "a file where the state directory should be",
     );
     let xml = domain("vm1", 4, &both_functions(), "");
@@ -992,17 +975,17 @@ fn booking(id: &str, project: &str, target: &str, start: &str, end: &str) -> Str
     )
 }
 
-fn bookings_file(host: &Host, entries: &[String]) {
+fn bookings_file(host: &HostRoot, entries: &[String]) {
     write_file(
-        &host.path("bookings.json"),
+        &host.path(BOOKINGS),
         format!("{{\"bookings\": [\n{}\n]}}\n", entries.join(",\n")),
     );
 }
 
 #[test]
 fn a_gpu_start_without_a_booking_is_refused_in_enforce_mode_and_logged_in_warn_mode() {
-    let host = Host::new();
-    let bookings = host.path("bookings.json");
+    let host = titan_host();
+    let bookings = host.path(BOOKINGS);
     host.config(&format!(
         "[bookings]\nmode = \"enforce\"\nfile = {:?}\n",
         bookings.display().to_string()
@@ -1109,10 +1092,10 @@ fn a_gpu_start_without_a_booking_is_refused_in_enforce_mode_and_logged_in_warn_m
 /// the hook called as libvirt calls it, with Nova's XML.
 #[test]
 fn overlapping_bookings_add_up_and_the_user_counts_only_with_match_user() {
-    let host = Host::new();
+    let host = titan_host();
     let second = "0000:af:00.0";
     host.function(second, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(40));
-    let bookings = host.path("bookings.json");
+    let bookings = host.path(BOOKINGS);
     let config = |match_user: bool| {
         host.config(&format!(
             "[bookings]\nmode = \"enforce\"\nmatch_user = {match_user}\nfile = {:?}\n",
@@ -1228,8 +1211,8 @@ fn overlapping_bookings_add_up_and_the_user_counts_only_with_match_user() {
 /// written, even to the same size, is read whole again, so a stale index never answers.
 #[test]
 fn the_hook_reads_through_the_installers_index_only_while_it_describes_the_file() {
-    let host = Host::new();
-    let bookings = host.path("bookings.json");
+    let host = titan_host();
+    let bookings = host.path(BOOKINGS);
     host.config(&format!(
         "[bookings]\nmode = \"enforce\"\nfile = {:?}\n",
         bookings.display().to_string()
@@ -1256,11 +1239,11 @@ fn the_hook_reads_through_the_installers_index_only_while_it_describes_the_file(
         forever.1,
     ));
     bookings_file(&host, &entries);
-    let list = |host: &Host| {
+    let list = |host: &HostRoot| {
         let out = Command::new(bin("gpu-passthrough"))
             .args(["bookings", "list", "--json"])
-            .env("GPU_PASSTHROUGH_CONFIG", host.path("config.toml"))
-            .env("GPU_PASSTHROUGH_STATE_DIR", host.path("state"))
+            .env("GPU_PASSTHROUGH_CONFIG", host.path(CONFIG))
+            .env("GPU_PASSTHROUGH_STATE_DIR", host.path(STATE_DIR))
             .env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1")
             .output()
             .expect("run gpu-passthrough");
@@ -1269,7 +1252,7 @@ fn the_hook_reads_through_the_installers_index_only_while_it_describes_the_file(
         rows.len()
     };
     assert_eq!(list(&host), 51);
-    let index = host.path("state/bookings.index");
+    let index = host.path(&format!("{STATE_DIR}/bookings.index"));
     assert!(index.is_file(), "bookings list wrote no index");
     assert_allowed(&host.prepare(name, &xml));
 
@@ -1302,8 +1285,8 @@ fn the_hook_reads_through_the_installers_index_only_while_it_describes_the_file(
 
 #[test]
 fn a_broken_or_missing_bookings_file_refuses_in_enforce_and_warns_in_warn() {
-    let host = Host::new();
-    let bookings = host.path("bookings.json");
+    let host = titan_host();
+    let bookings = host.path(BOOKINGS);
     let name = "instance-0000002a";
     let xml = domain(name, 4, &both_functions(), NOVA_METADATA);
     for (mode, content) in [

@@ -4,20 +4,23 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
+use integration_tests::host::HostRoot;
 use integration_tests::{
     argv_recorder, assert_exit, bin, in_ci, read_recorded, stderr, stdout, which, write_file,
-    write_link, FakeSysfs, PciFunction,
+    write_link, PciFunction,
 };
 use serde_json::Value;
-use tempfile::TempDir;
 
 const PCI_IDS: &str = "10de  NVIDIA Corporation\n\t10ef  GP102 HDMI Audio Controller\n\t1b02  GP102 [TITAN Xp]\n\t1e87  TU104 [GeForce RTX 2080 Rev. A]\n\t10f8  TU104 HD Audio Controller\n\t1ad8  TU104 USB 3.1 Host Controller\n\t1ad9  TU104 USB Type-C UCSI Controller\n\t1eb8  TU104GL [Tesla T4]\n\t25b6  GA107GL [A16]\n1a03  ASPEED Technology, Inc.\n\t2000  ASPEED Graphics Family\n8086  Intel Corporation\n\t1572  Ethernet Controller X710\n";
 
-/// A hypervisor root: sysfs, proc, pci.ids, /usr/libexec with a "real qemu" and the
-/// packaged wrapper.
-struct Host {
-    dir: TempDir,
-    sysfs: FakeSysfs,
+/// A hypervisor root with pci.ids, an EL8 kernel command line and an Intel CPU, no
+/// PCI functions.
+fn bare_host() -> HostRoot {
+    let host = HostRoot::new();
+    host.pci_ids(PCI_IDS);
+    host.cmdline("BOOT_IMAGE=/vmlinuz-4.18.0 ro");
+    host.cpu("GenuineIntel", "fpu vmx sse");
+    host
 }
 
 fn f<'a>(
@@ -38,104 +41,89 @@ fn f<'a>(
     }
 }
 
-impl Host {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sysfs = FakeSysfs::new(&dir.path().join("sys"));
-        let host = Host { dir, sysfs };
-        write_file(&host.path("usr/share/hwdata/pci.ids"), PCI_IDS);
-        write_file(
-            &host.path("proc/cmdline"),
-            "BOOT_IMAGE=/vmlinuz-4.18.0 ro\n",
-        );
-        host.cpu("GenuineIntel", "fpu vmx sse");
-        host
+/// The GPU zoo: Titan Xp (2 functions), T4, RTX 2080 (4 functions), the BMC's ASPEED
+/// VGA, a NIC.
+fn gpu_zoo() -> HostRoot {
+    let host = bare_host();
+    for func in [
+        f(
+            "0000:18:00.0",
+            0x10de,
+            0x1b02,
+            0x030000,
+            Some("nouveau"),
+            30,
+        ),
+        f(
+            "0000:18:00.1",
+            0x10de,
+            0x10ef,
+            0x040300,
+            Some("snd_hda_intel"),
+            30,
+        ),
+        f(
+            "0000:3b:00.0",
+            0x10de,
+            0x1eb8,
+            0x030200,
+            Some("vfio-pci"),
+            40,
+        ),
+        f(
+            "0000:5e:00.0",
+            0x10de,
+            0x1e87,
+            0x030000,
+            Some("vfio-pci"),
+            50,
+        ),
+        f(
+            "0000:5e:00.1",
+            0x10de,
+            0x10f8,
+            0x040300,
+            Some("vfio-pci"),
+            50,
+        ),
+        f(
+            "0000:5e:00.2",
+            0x10de,
+            0x1ad8,
+            0x0c0330,
+            Some("vfio-pci"),
+            50,
+        ),
+        f(
+            "0000:5e:00.3",
+            0x10de,
+            0x1ad9,
+            0x0c8000,
+            Some("vfio-pci"),
+            50,
+        ),
+        f("0000:03:00.0", 0x1a03, 0x2000, 0x030000, Some("ast"), 5),
+        f("0000:1a:00.0", 0x8086, 0x1572, 0x020000, Some("i40e"), 31),
+    ] {
+        host.add(&func);
     }
+    host
+}
 
-    /// The GPU zoo: Titan Xp (2 functions), T4, RTX 2080 (4 functions), the BMC's
-    /// ASPEED VGA, a NIC.
-    fn with_gpus() -> Self {
-        let host = Host::new();
-        for func in [
-            f(
-                "0000:18:00.0",
-                0x10de,
-                0x1b02,
-                0x030000,
-                Some("nouveau"),
-                30,
-            ),
-            f(
-                "0000:18:00.1",
-                0x10de,
-                0x10ef,
-                0x040300,
-                Some("snd_hda_intel"),
-                30,
-            ),
-            f(
-                "0000:3b:00.0",
-                0x10de,
-                0x1eb8,
-                0x030200,
-                Some("vfio-pci"),
-                40,
-            ),
-            f(
-                "0000:5e:00.0",
-                0x10de,
-                0x1e87,
-                0x030000,
-                Some("vfio-pci"),
-                50,
-            ),
-            f(
-                "0000:5e:00.1",
-                0x10de,
-                0x10f8,
-                0x040300,
-                Some("vfio-pci"),
-                50,
-            ),
-            f(
-                "0000:5e:00.2",
-                0x10de,
-                0x1ad8,
-                0x0c0330,
-                Some("vfio-pci"),
-                50,
-            ),
-            f(
-                "0000:5e:00.3",
-                0x10de,
-                0x1ad9,
-                0x0c8000,
-                Some("vfio-pci"),
-                50,
-            ),
-            f("0000:03:00.0", 0x1a03, 0x2000, 0x030000, Some("ast"), 5),
-            f("0000:1a:00.0", 0x8086, 0x1572, 0x020000, Some("i40e"), 31),
-        ] {
-            host.sysfs.add(&func);
-        }
-        host
-    }
+/// The installer's runs on a [`HostRoot`], through `--root`.
+trait Installer {
+    fn cli(&self, args: &[&str]) -> Command;
+    fn run(&self, args: &[&str]) -> Output;
+    fn run_with(&self, path: &std::ffi::OsStr, args: &[&str]) -> Output;
+    fn json(&self, args: &[&str]) -> Value;
+    fn running_with(&self, name: &str, hostdevs: &[&str], metadata: &str);
+}
 
-    fn path(&self, rel: &str) -> PathBuf {
-        self.dir.path().join(rel)
-    }
-
-    fn cpu(&self, vendor: &str, flags: &str) {
-        write_file(
-            &self.path("proc/cpuinfo"),
-            format!("processor\t: 0\nvendor_id\t: {vendor}\nflags\t\t: {flags}\n"),
-        );
-    }
-
-    fn command(&self, args: &[&str]) -> Command {
+impl Installer for HostRoot {
+    fn cli(&self, args: &[&str]) -> Command {
         let mut c = Command::new(bin("gpu-passthrough"));
         c.arg("--root")
-            .arg(self.dir.path())
+            .arg(self.root())
             .args(args)
             .env_remove("GPU_PASSTHROUGH_SYSFS")
             .env_remove("GPU_PASSTHROUGH_PROC")
@@ -146,13 +134,13 @@ impl Host {
     }
 
     fn run(&self, args: &[&str]) -> Output {
-        self.command(args).output().expect("run gpu-passthrough")
+        self.cli(args).output().expect("run gpu-passthrough")
     }
 
     /// Run with `path` as PATH (stand-ins, the real grubby's shim), commands run under
     /// --root as on the host.
     fn run_with(&self, path: &std::ffi::OsStr, args: &[&str]) -> Output {
-        self.command(args)
+        self.cli(args)
             .env("PATH", path)
             .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
             .output()
@@ -165,7 +153,8 @@ impl Host {
         serde_json::from_slice(&out.stdout).expect("JSON on stdout")
     }
 
-    fn running(&self, name: &str, hostdevs: &[&str], metadata: &str) {
+    /// A running domain with these PCI hostdevs and `metadata` (Nova's, or none).
+    fn running_with(&self, name: &str, hostdevs: &[&str], metadata: &str) {
         let mut devices = String::new();
         for a in hostdevs {
             let (d, rest) = a.split_once(':').expect("addr");
@@ -173,16 +162,16 @@ impl Host {
             let (s, func) = rest.split_once('.').expect("addr");
             devices.push_str(&format!("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x{d}' bus='0x{b}' slot='0x{s}' function='0x{func}'/></source></hostdev>"));
         }
-        write_file(
-            &self.path(&format!("run/libvirt/qemu/{name}.xml")),
-            format!("<domstatus state='running'><domain type='kvm'><name>{name}</name><memory>1048576</memory>{metadata}<devices>{devices}</devices></domain></domstatus>"),
+        self.running(
+            name,
+            &format!("<domain type='kvm'><name>{name}</name><memory>1048576</memory>{metadata}<devices>{devices}</devices></domain>"),
         );
     }
 }
 
 #[test]
 fn scan_lists_every_display_function_with_its_companions() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     let v = host.json(&["scan", "--json"]);
     let entries = v.as_array().expect("a list");
     let addresses: Vec<&str> = entries
@@ -232,8 +221,8 @@ fn scan_lists_every_display_function_with_its_companions() {
 
 #[test]
 fn scan_knows_sriov_and_who_holds_what() {
-    let host = Host::new();
-    host.sysfs.add(&f(
+    let host = bare_host();
+    host.sysfs().add(&f(
         "0000:af:00.0",
         0x10de,
         0x25b6,
@@ -242,10 +231,13 @@ fn scan_knows_sriov_and_who_holds_what() {
         60,
     ));
     write_file(
-        &host.sysfs.device_dir("0000:af:00.0").join("sriov_totalvfs"),
+        &host
+            .sysfs()
+            .device_dir("0000:af:00.0")
+            .join("sriov_totalvfs"),
         "16\n",
     );
-    host.sysfs.add(&f(
+    host.sysfs().add(&f(
         "0000:af:00.4",
         0x10de,
         0x25b6,
@@ -254,10 +246,10 @@ fn scan_knows_sriov_and_who_holds_what() {
         61,
     ));
     write_link(
-        &host.sysfs.device_dir("0000:af:00.4").join("physfn"),
+        &host.sysfs().device_dir("0000:af:00.4").join("physfn"),
         "../0000:af:00.0",
     );
-    host.running("instance-00000007", &["0000:af:00.4"], "");
+    host.running_with("instance-00000007", &["0000:af:00.4"], "");
     let v = host.json(&["scan", "--json"]);
     let types: Vec<(&str, &str, &Value)> = v
         .as_array()
@@ -280,8 +272,8 @@ fn scan_knows_sriov_and_who_holds_what() {
 
 #[test]
 fn a_host_without_gpus_scans_empty_and_has_nothing_for_nova() {
-    let host = Host::new();
-    host.sysfs.add(&f(
+    let host = bare_host();
+    host.sysfs().add(&f(
         "0000:1a:00.0",
         0x8086,
         0x1572,
@@ -296,9 +288,9 @@ fn a_host_without_gpus_scans_empty_and_has_nothing_for_nova() {
 
 #[test]
 fn status_names_the_domain_nova_instance_and_project() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     let nova = "<metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'><nova:name>gpu-worker-1</nova:name><nova:owner><nova:project uuid='p'>climate \"lab\"</nova:project></nova:owner></nova:instance></metadata>";
-    host.running("instance-0000002a", &["0000:18:00.0", "0000:18:00.1"], nova);
+    host.running_with("instance-0000002a", &["0000:18:00.0", "0000:18:00.1"], nova);
     let v = host.json(&["status", "--json"]);
     let titan = v
         .as_array()
@@ -343,7 +335,7 @@ fn json_lines(text: &str, key: &str) -> Vec<Value> {
 
 #[test]
 fn nova_config_offers_each_models_gpu_function_under_an_alias_from_its_ids() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     let out = host.run(&["nova-config", "--release", "2024.1"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -391,7 +383,7 @@ fn nova_config_offers_each_models_gpu_function_under_an_alias_from_its_ids() {
 
 #[test]
 fn nova_config_filters_are_the_releases_defaults_plus_pci_passthrough() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     let filters = |release: &str| -> String {
         let text = stdout(&host.run(&["nova-config", "--release", release]));
         text.lines()
@@ -406,7 +398,7 @@ fn nova_config_filters_are_the_releases_defaults_plus_pci_passthrough() {
 
 #[test]
 fn two_models_of_one_chip_get_two_aliases_and_siblings_only_on_request() {
-    let host = Host::new();
+    let host = bare_host();
     for func in [
         f(
             "0000:18:00.0",
@@ -441,7 +433,7 @@ fn two_models_of_one_chip_get_two_aliases_and_siblings_only_on_request() {
             70,
         ),
     ] {
-        host.sysfs.add(&func);
+        host.sysfs().add(&func);
     }
     write_file(
         &host.path("usr/share/hwdata/pci.ids"),
@@ -472,7 +464,7 @@ fn two_models_of_one_chip_get_two_aliases_and_siblings_only_on_request() {
 
 #[test]
 fn check_fails_on_an_unprepared_intel_host_and_names_the_fixes() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     let out = host.run(&["check"]);
     assert_eq!(out.status.code(), Some(1));
     let text = stdout(&out);
@@ -505,7 +497,7 @@ fn check_fails_on_an_unprepared_intel_host_and_names_the_fixes() {
 
 #[test]
 fn check_on_amd_needs_no_intel_iommu_and_reads_nova_conf() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     host.cpu("AuthenticAMD", "fpu svm");
     write_file(
         &host.path("proc/cmdline"),
@@ -530,8 +522,8 @@ fn check_on_amd_needs_no_intel_iommu_and_reads_nova_conf() {
 }
 
 /// A root with a "real qemu" (the argv recorder) and the packaged wrapper.
-fn qemu_root() -> Host {
-    let host = Host::new();
+fn qemu_root() -> HostRoot {
+    let host = bare_host();
     let libexec = host.path("usr/libexec");
     std::fs::create_dir_all(libexec.join("gpu-passthrough")).expect("mkdir");
     std::fs::copy(argv_recorder(), libexec.join("qemu-kvm")).expect("real qemu");
@@ -676,7 +668,7 @@ fn qemu_kvm_stays_whole_whatever_syscall_fails() {
                     .arg(format!("inject={syscall}:error=EIO:when={when}"))
                     .arg(bin("gpu-passthrough"))
                     .arg("--root")
-                    .arg(host.dir.path())
+                    .arg(host.root())
                     .arg(command)
                     .output()
                     .expect("run strace");
@@ -710,7 +702,7 @@ fn qemu_kvm_stays_whole_whatever_syscall_fails() {
 
 #[test]
 fn help_teaches_and_man_pages_are_generated() {
-    let host = Host::new();
+    let host = bare_host();
     let help = stdout(&host.run(&["--help"]));
     assert!(
         help.contains("Examples:") && help.contains("gpu-passthrough install --dry-run"),
@@ -775,8 +767,8 @@ fn snapshot(root: &Path) -> Vec<(String, u32, Vec<u8>)> {
 }
 
 /// A hypervisor ready for `install`: GPUs, the packaged binaries, /etc/default/grub.
-fn install_root() -> Host {
-    let host = Host::with_gpus();
+fn install_root() -> HostRoot {
+    let host = gpu_zoo();
     let libexec = host.path("usr/libexec");
     std::fs::create_dir_all(libexec.join("gpu-passthrough")).expect("mkdir");
     std::fs::copy(argv_recorder(), libexec.join("qemu-kvm")).expect("real qemu");
@@ -793,7 +785,7 @@ fn install_root() -> Host {
 }
 
 /// A PATH whose libvirtd says `version`.
-fn libvirtd_path(host: &Host, version: &str) -> std::ffi::OsString {
+fn libvirtd_path(host: &HostRoot, version: &str) -> std::ffi::OsString {
     let dir = host.path("fakebin");
     integration_tests::write_script(
         &dir.join("libvirtd"),
@@ -805,7 +797,7 @@ fn libvirtd_path(host: &Host, version: &str) -> std::ffi::OsString {
 #[test]
 fn install_dry_run_shows_diffs_and_commands_and_changes_nothing() {
     let host = install_root();
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     let out = host.run(&["install", "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
     let text = stdout(&out);
@@ -831,17 +823,13 @@ fn install_dry_run_shows_diffs_and_commands_and_changes_nothing() {
         !text.contains("1a03:2000"),
         "the BMC VGA is left alone: {text}"
     );
-    assert_eq!(
-        snapshot(host.dir.path()),
-        before,
-        "--dry-run changed something"
-    );
+    assert_eq!(snapshot(host.root()), before, "--dry-run changed something");
 }
 
 #[test]
 fn install_then_uninstall_gives_the_host_back_exactly() {
     let host = install_root();
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     let out = host.run(&["install"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -860,7 +848,7 @@ fn install_then_uninstall_gives_the_host_back_exactly() {
         Path::new("/usr/libexec/gpu-passthrough/gpu-passthrough-hook")
     );
     assert!(host::is_wrapper(&host.path("usr/libexec/qemu-kvm")));
-    let installed = snapshot(host.dir.path());
+    let installed = snapshot(host.root());
 
     let again = host.run(&["install"]);
     assert!(again.status.success(), "{}", stderr(&again));
@@ -869,7 +857,7 @@ fn install_then_uninstall_gives_the_host_back_exactly() {
         "this host is set up already: nothing to change\n"
     );
     assert_eq!(
-        snapshot(host.dir.path()),
+        snapshot(host.root()),
         installed,
         "a second install changes nothing"
     );
@@ -880,12 +868,12 @@ fn install_then_uninstall_gives_the_host_back_exactly() {
         "{}",
         stdout(&dry)
     );
-    assert_eq!(snapshot(host.dir.path()), installed);
+    assert_eq!(snapshot(host.root()), installed);
 
     let out = host.run(&["uninstall"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(
-        snapshot(host.dir.path()),
+        snapshot(host.root()),
         before,
         "uninstall left the host different"
     );
@@ -925,12 +913,12 @@ fn install_refuses_a_host_without_nvidia_gpus_and_changes_nothing() {
         "0000:5e:00.2",
         "0000:5e:00.3",
     ] {
-        std::fs::remove_file(host.sysfs.root().join("bus/pci/devices").join(a)).expect("rm");
+        std::fs::remove_file(host.sysfs().root().join("bus/pci/devices").join(a)).expect("rm");
     }
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     let out = host.run(&["install"]);
     assert_exit(&out, 1, "no GPU to set up");
-    assert_eq!(snapshot(host.dir.path()), before);
+    assert_eq!(snapshot(host.root()), before);
 }
 
 #[test]
@@ -938,7 +926,7 @@ fn a_failing_step_undoes_the_steps_before_it() {
     let host = install_root();
     // hooks/qemu.d is a file, so linking the hook fails after every file is written.
     write_file(&host.path("etc/libvirt/hooks/qemu.d"), "in the way");
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     let out = host.run(&["install"]);
     assert_eq!(out.status.code(), Some(1));
     let err = stderr(&out);
@@ -949,7 +937,7 @@ fn a_failing_step_undoes_the_steps_before_it() {
     assert!(err.contains("undoing the 4 step(s) done"), "{err}");
     assert!(err.contains("install failed and was undone"), "{err}");
     assert_eq!(
-        snapshot(host.dir.path()),
+        snapshot(host.root()),
         before,
         "the written files are gone again"
     );
@@ -960,7 +948,7 @@ fn old_libvirt_uses_the_single_hook_only_when_it_is_free() {
     let host = install_root();
     let path = libvirtd_path(&host, "6.0.0");
     let out = host
-        .command(&["install", "--dry-run"])
+        .cli(&["install", "--dry-run"])
         .env("PATH", &path)
         .output()
         .expect("run");
@@ -974,9 +962,9 @@ fn old_libvirt_uses_the_single_hook_only_when_it_is_free() {
         &host.path("etc/libvirt/hooks/qemu"),
         "#!/bin/sh\n# the site's own hook\n",
     );
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     let out = host
-        .command(&["install"])
+        .cli(&["install"])
         .env("PATH", &path)
         .output()
         .expect("run");
@@ -986,12 +974,12 @@ fn old_libvirt_uses_the_single_hook_only_when_it_is_free() {
         err.contains("exists and is not ours") && err.contains("Merge ours into it"),
         "{err}"
     );
-    assert_eq!(snapshot(host.dir.path()), before);
+    assert_eq!(snapshot(host.root()), before);
 
     // libvirt 8.0 reads hooks/qemu.d: the foreign hook is no obstacle.
     let path = libvirtd_path(&host, "8.0.0");
     let out = host
-        .command(&["install", "--dry-run"])
+        .cli(&["install", "--dry-run"])
         .env("PATH", &path)
         .output()
         .expect("run");
@@ -1024,11 +1012,11 @@ fn a_damaged_state_file_is_named_and_nothing_is_touched() {
     assert!(host.run(&["install"]).status.success());
     let state = host.path("var/lib/gpu-passthrough/state.json");
     std::fs::write(&state, "{ not json").expect("damage");
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     for args in [&["uninstall"][..], &["install", "--gpu", "10de:1eb8"]] {
         assert_exit(&host.run(args), 1, "state.json is damaged");
     }
-    assert_eq!(snapshot(host.dir.path()), before);
+    assert_eq!(snapshot(host.root()), before);
 }
 
 #[test]
@@ -1046,7 +1034,7 @@ fn two_installs_cannot_interleave() {
 
 /// Stand-ins for grubby, dracut, semodule, restorecon and libvirtd that append their
 /// argv to a log; `fail` makes one of them fail.
-fn stand_ins(host: &Host, fail: Option<&str>) -> std::ffi::OsString {
+fn stand_ins(host: &HostRoot, fail: Option<&str>) -> std::ffi::OsString {
     let dir = host.path("standins");
     let log = host.path("commands.log");
     for tool in ["grubby", "dracut", "semodule", "restorecon"] {
@@ -1091,7 +1079,7 @@ fn install_runs_grubby_restorecon_dracut_and_uninstall_reverts_them() {
     let run = |args: &[&str]| host.run_with(&path, args);
     let out = run(&["install"]);
     assert!(out.status.success(), "{}", stderr(&out));
-    let root = host.dir.path().display().to_string();
+    let root = host.root().display().to_string();
     let log = std::fs::read_to_string(host.path("commands.log")).expect("log");
     assert_eq!(
         log,
@@ -1122,12 +1110,12 @@ fn install_runs_grubby_restorecon_dracut_and_uninstall_reverts_them() {
 fn a_failing_command_is_named_in_full_and_install_is_undone() {
     let host = install_root();
     let path = stand_ins(&host, Some("dracut"));
-    let before: Vec<_> = snapshot(host.dir.path())
+    let before: Vec<_> = snapshot(host.root())
         .into_iter()
         .filter(|(p, ..)| !p.starts_with("standins"))
         .collect();
     let out = host
-        .command(&["install"])
+        .cli(&["install"])
         .env("PATH", &path)
         .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
         .output()
@@ -1148,7 +1136,7 @@ fn a_failing_command_is_named_in_full_and_install_is_undone() {
         !log.contains("--remove-args"),
         "never grubby --remove-args: {log}"
     );
-    let after: Vec<_> = snapshot(host.dir.path())
+    let after: Vec<_> = snapshot(host.root())
         .into_iter()
         .filter(|(p, ..)| !p.starts_with("standins") && p != "commands.log")
         .collect();
@@ -1164,7 +1152,7 @@ fn check_passes_on_a_host_after_install_and_reboot() {
     let host = install_root();
     let path = libvirtd_path(&host, "8.0.0");
     let out = host
-        .command(&["install"])
+        .cli(&["install"])
         .env("PATH", &path)
         .output()
         .expect("install");
@@ -1175,16 +1163,16 @@ fn check_passes_on_a_host_after_install_and_reboot() {
         &host.path("proc/cmdline"),
         "BOOT_IMAGE=/vmlinuz ro intel_iommu=on iommu=pt rd.driver.pre=vfio-pci\n",
     );
-    std::fs::create_dir_all(host.sysfs.root().join("module/vfio_pci")).expect("module");
+    std::fs::create_dir_all(host.sysfs().root().join("module/vfio_pci")).expect("module");
     for (a, d, class) in [
         ("0000:18:00.0", 0x1b02, 0x030000),
         ("0000:18:00.1", 0x10ef, 0x040300),
     ] {
-        host.sysfs
+        host.sysfs()
             .add(&f(a, 0x10de, d, class, Some("vfio-pci"), 30));
     }
     let out = host
-        .command(&["check"])
+        .cli(&["check"])
         .env("PATH", &path)
         .output()
         .expect("check");
@@ -1202,9 +1190,9 @@ fn check_passes_on_a_host_after_install_and_reboot() {
 
 #[test]
 fn an_unreadable_pci_function_is_named_and_the_scan_goes_on() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     write_file(
-        &host.sysfs.device_dir("0000:1a:00.0").join("class"),
+        &host.sysfs().device_dir("0000:1a:00.0").join("class"),
         "garbage\n",
     );
     let out = host.run(&["scan", "--json"]);
@@ -1227,7 +1215,7 @@ fn an_unreadable_pci_function_is_named_and_the_scan_goes_on() {
 
 /// A Titan Xp (0000:18:00.0, .1) in IOMMU group 39 with the board's NIC at function 2
 /// of the same slot (8086:15b8, e1000e: a board without ACS), and a T4 of its own.
-fn titan_with_nic_in_its_slot() -> Host {
+fn titan_with_nic_in_its_slot() -> HostRoot {
     let host = install_root();
     for func in [
         f(
@@ -1248,7 +1236,7 @@ fn titan_with_nic_in_its_slot() -> Host {
         ),
         f("0000:18:00.2", 0x8086, 0x15b8, 0x020000, Some("e1000e"), 39),
     ] {
-        host.sysfs.add(&func);
+        host.sysfs().add(&func);
     }
     // Only the Titan and the T4 on this host.
     for gone in [
@@ -1348,7 +1336,7 @@ fn a_nic_on_another_bus_behind_the_same_root_port_is_not_the_cards() {
     let host = titan_with_nic_in_its_slot();
     std::fs::remove_file(host.path("sys/bus/pci/devices/0000:18:00.2")).expect("rm");
     std::fs::remove_file(host.path("sys/kernel/iommu_groups/39/devices/0000:18:00.2")).expect("rm");
-    host.sysfs
+    host.sysfs()
         .add(&f(
             "0000:19:00.0",
             0x8086,
@@ -1375,7 +1363,7 @@ fn a_nic_on_another_bus_behind_the_same_root_port_is_not_the_cards() {
         stderr(&out)
     );
     // Unbound, the NIC is named in scan but does not stand in the way.
-    host.sysfs
+    host.sysfs()
         .add(&f("0000:19:00.0", 0x8086, 0x15b8, 0x020000, None, 39));
     let out = host.run(&["install", "--dry-run"]);
     assert!(out.status.success(), "{}", stderr(&out));
@@ -1389,7 +1377,7 @@ fn a_nic_on_another_bus_behind_the_same_root_port_is_not_the_cards() {
 fn install_stops_when_the_ids_would_take_a_gpu_left_out() {
     let host = titan_with_nic_in_its_slot();
     // A second Titan Xp, in a group of its own: usable. Its ids would bind the first.
-    host.sysfs
+    host.sysfs()
         .add(&f(
             "0000:86:00.0",
             0x10de,
@@ -1406,14 +1394,14 @@ fn install_stops_when_the_ids_would_take_a_gpu_left_out() {
             Some("snd_hda_intel"),
             70,
         ));
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     let out = host.run(&["install"]);
     assert_exit(
         &out,
         1,
         "would also take 0000:18:00.0 (10de:1b02, driver nouveau) and 0000:18:00.1 (10de:10ef, driver snd_hda_intel)",
     );
-    assert_eq!(snapshot(host.dir.path()), before, "nothing changed");
+    assert_eq!(snapshot(host.root()), before, "nothing changed");
 }
 
 // Issue 10, section 5: uninstall gives back exactly what was there, tried with the
@@ -1433,7 +1421,7 @@ fn grubby_sandbox() -> PathBuf {
 /// PATH for install with the real grubby of `variant` acting on the host's root, and
 /// stand-ins (logging to commands.log) for dracut and restorecon. `None` when the
 /// sandbox cannot run here (outside CI: skipped; in CI: a failure).
-fn real_grubby_path(host: &Host, variant: &str) -> Option<std::ffi::OsString> {
+fn real_grubby_path(host: &HostRoot, variant: &str) -> Option<std::ffi::OsString> {
     let sandbox = grubby_sandbox();
     let missing = if !sandbox.exists() {
         Some(format!(
@@ -1459,7 +1447,7 @@ fn real_grubby_path(host: &Host, variant: &str) -> Option<std::ffi::OsString> {
             "#!/bin/sh\necho \"grubby $*\" >> {}\nexec {} {variant} {} \"$@\"\n",
             host.path("commands.log").display(),
             sandbox.display(),
-            host.dir.path().display()
+            host.root().display()
         ),
     );
     Some(path)
@@ -1470,7 +1458,7 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
-fn grubenv(host: &Host, vars: &[&str]) {
+fn grubenv(host: &HostRoot, vars: &[&str]) {
     let env = host.path("boot/grub2/grubenv");
     std::fs::create_dir_all(env.parent().expect("parent")).expect("mkdir");
     let status = Command::new("grub-editenv")
@@ -1490,7 +1478,7 @@ fn grubenv(host: &Host, vars: &[&str]) {
 
 /// An EL8 boot layout: entries that take `$kernelopts` from grubenv, no
 /// /etc/kernel/cmdline (grubby creates it).
-fn el8_layout(host: &Host) {
+fn el8_layout(host: &HostRoot) {
     let entry = |version: &str| {
         format!(
             "title CentOS Stream ({version}) 8\nversion {version}\nlinux /vmlinuz-{version}\n\
@@ -1517,7 +1505,7 @@ fn el8_layout(host: &Host) {
 
 /// An EL9 boot layout: literal `options` lines (one with iommu=pt already, a rescue
 /// entry), /etc/kernel/cmdline present.
-fn el9_layout(host: &Host) {
+fn el9_layout(host: &HostRoot) {
     let options = "root=/dev/mapper/cs-root ro crashkernel=1G-4G:192M,4G-64G:256M,64G-:512M resume=/dev/mapper/cs-swap rd.lvm.lv=cs/root rhgb quiet";
     let entry = |version: &str, title: &str, extra: &str| {
         format!(
@@ -1558,14 +1546,14 @@ fn el9_layout(host: &Host) {
 }
 
 /// The root's files as a snapshot, less the test's own stand-ins and log.
-fn host_files(host: &Host) -> Vec<(String, u32, Vec<u8>)> {
-    snapshot(host.dir.path())
+fn host_files(host: &HostRoot) -> Vec<(String, u32, Vec<u8>)> {
+    snapshot(host.root())
         .into_iter()
         .filter(|(p, ..)| !p.starts_with("standins") && p != "commands.log")
         .collect()
 }
 
-fn file_text(host: &Host, rel: &str) -> String {
+fn file_text(host: &HostRoot, rel: &str) -> String {
     std::fs::read_to_string(host.path(rel)).unwrap_or_else(|e| panic!("{rel}: {e}"))
 }
 
@@ -1750,7 +1738,7 @@ fn uninstall_keeps_changes_made_since_and_takes_out_only_what_install_added() {
 #[test]
 fn a_failed_undo_step_is_named_and_keeps_its_record_and_backups() {
     let host = install_root();
-    let before = snapshot(host.dir.path());
+    let before = snapshot(host.root());
     let out = host.run(&["install"]);
     assert!(out.status.success(), "{}", stderr(&out));
     // Something now stands where install's file was: removing it fails.
@@ -1787,7 +1775,7 @@ fn a_failed_undo_step_is_named_and_keeps_its_record_and_backups() {
     let out = host.run(&["uninstall"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
-        snapshot(host.dir.path()) == before,
+        snapshot(host.root()) == before,
         "the host is as before install"
     );
 }
@@ -1805,7 +1793,7 @@ fn divert_gives_the_wrapper_the_qemu_exec_t_label_before_it_takes_the_name() {
     // already be right.
     let path = stand_ins(&host, Some("restorecon"));
     let out = host
-        .command(&["divert"])
+        .cli(&["divert"])
         .env("PATH", &path)
         .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
         .output()
@@ -1826,7 +1814,7 @@ fn divert_gives_the_wrapper_the_qemu_exec_t_label_before_it_takes_the_name() {
     std::fs::remove_file(host.path("commands.log")).expect("rm log");
     let path = stand_ins(&host, None);
     let out = host
-        .command(&["divert"])
+        .cli(&["divert"])
         .env("PATH", &path)
         .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
         .output()
@@ -1865,7 +1853,7 @@ fn check_reads_the_labels_and_the_module_when_selinux_is_on() {
     assert!(host.run(&["divert"]).status.success());
     let qemu = host.path("usr/libexec/qemu-kvm");
     let orig = host.path("usr/libexec/qemu-kvm.orig");
-    let lines = |host: &Host| -> Vec<String> {
+    let lines = |host: &HostRoot| -> Vec<String> {
         stdout(&host.run(&["check"]))
             .lines()
             .filter(|l| l.contains(" selinux"))
@@ -2036,7 +2024,7 @@ fn scenario() -> String {
 
 #[test]
 fn usage_reports_gpu_hours_and_refusals_per_key_over_a_window() {
-    let host = Host::new();
+    let host = bare_host();
     let ledger = host.path("ledger");
     write_file(&ledger.join("2026-10.jsonl"), scenario());
     let ledger_arg = ledger.to_string_lossy().into_owned();
@@ -2127,12 +2115,12 @@ fn usage_reports_gpu_hours_and_refusals_per_key_over_a_window() {
 
 #[test]
 fn metrics_writes_the_textfile_closes_lost_intervals_and_passes_promtool() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     // The Titan is held by a running Nova VM; the T4 idles in D3hot with a degraded
     // link and AER errors; the RTX sleeps in D3cold (its link must not be read).
     let nova = "<metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'><nova:name>worker \"1\"</nova:name><nova:flavor name='g2.titan'/><nova:owner><nova:user uuid='u1'>alice</nova:user><nova:project uuid='p1'>climate</nova:project></nova:owner></nova:instance></metadata><uuid>uuid-held</uuid>";
-    host.running("instance-held", &["0000:18:00.0", "0000:18:00.1"], nova);
-    let t4 = host.sysfs.device_dir("0000:3b:00.0");
+    host.running_with("instance-held", &["0000:18:00.0", "0000:18:00.1"], nova);
+    let t4 = host.sysfs().device_dir("0000:3b:00.0");
     for (file, value) in [
         ("power_state", "D3hot\n"),
         ("current_link_speed", "2.5 GT/s PCIe\n"),
@@ -2145,7 +2133,7 @@ fn metrics_writes_the_textfile_closes_lost_intervals_and_passes_promtool() {
     ] {
         write_file(&t4.join(file), value);
     }
-    let rtx = host.sysfs.device_dir("0000:5e:00.0");
+    let rtx = host.sysfs().device_dir("0000:5e:00.0");
     write_file(&rtx.join("power_state"), "D3cold\n");
     write_file(&rtx.join("current_link_speed"), "8.0 GT/s PCIe\n");
     // The ledger: vm-gone started and never stopped (the host crashed); the last
@@ -2310,8 +2298,8 @@ fn install_and_check_find_the_daemon_and_restart_it_only_when_it_may() {
         &host.path("systemctl.states"),
         "virtqemud.socket is-active\nvirtqemud.socket is-enabled\n",
     );
-    let run = |host: &Host, args: &[&str]| {
-        host.command(args)
+    let run = |host: &HostRoot, args: &[&str]| {
+        host.cli(args)
             .env("PATH", stand_ins(host, None))
             .env("GPU_PASSTHROUGH_RUN_UNDER_ROOT", "1")
             .output()
@@ -2341,7 +2329,7 @@ fn install_and_check_find_the_daemon_and_restart_it_only_when_it_may() {
         &host.path("systemctl.states"),
         "libvirtd.service is-enabled\n",
     );
-    host.running("instance-00000001", &["0000:3b:00.0"], "");
+    host.running_with("instance-00000001", &["0000:3b:00.0"], "");
     let out = run(&host, &["install"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(
@@ -2372,7 +2360,7 @@ fn install_and_check_find_the_daemon_and_restart_it_only_when_it_may() {
 
 // Issue 14, section 1: dracut lists only modules every installed kernel has.
 
-fn kernel(host: &Host, kver: &str, dep: &str, builtin: &str) {
+fn kernel(host: &HostRoot, kver: &str, dep: &str, builtin: &str) {
     write_file(&host.path(&format!("lib/modules/{kver}/modules.dep")), dep);
     write_file(
         &host.path(&format!("lib/modules/{kver}/modules.builtin")),
@@ -2552,8 +2540,8 @@ fn provider_config_errors(config: &Value) -> Vec<String> {
 
 #[test]
 fn nova_config_quota_before_and_after_2026_2() {
-    let host = Host::with_gpus();
-    host.sysfs.add(&f(
+    let host = gpu_zoo();
+    host.sysfs().add(&f(
         "0000:af:00.0",
         0x10de,
         0x1eb8,
@@ -2685,18 +2673,18 @@ fn nova_config_quota_before_and_after_2026_2() {
 
 #[test]
 fn bookings_list_violations_import_and_the_unbooked_gauge() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     let nova = |name: &str, uuid: &str| {
         format!(
             "<uuid>{uuid}</uuid><metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'><nova:name>{name}</nova:name><nova:owner><nova:user uuid='u1'>alice</nova:user><nova:project uuid='p1'>climate</nova:project></nova:owner></nova:instance></metadata>"
         )
     };
-    host.running(
+    host.running_with(
         "instance-a",
         &["0000:18:00.0", "0000:18:00.1"],
         &nova("vm-a", "ua"),
     );
-    host.running("instance-b", &["0000:3b:00.0"], &nova("vm-b", "ub"));
+    host.running_with("instance-b", &["0000:3b:00.0"], &nova("vm-b", "ub"));
     let climate = ("p1", "climate");
     write_file(
         &host.path("var/lib/gpu-passthrough/usage/2026-11.jsonl"),
@@ -2739,7 +2727,7 @@ fn bookings_list_violations_import_and_the_unbooked_gauge() {
         "[bookings]\nmode = \"enforce\"\n",
     );
     let run = |args: &[&str]| {
-        host.command(args)
+        host.cli(args)
             .env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1.example.org")
             .output()
             .expect("run")
@@ -2914,9 +2902,9 @@ END:VCALENDAR\r
 /// by hand from the zones' rules.
 #[test]
 fn bookings_import_reads_an_icalendar_export_with_zones_and_recurrence() {
-    let host = Host::with_gpus();
+    let host = gpu_zoo();
     let run = |args: &[&str]| {
-        host.command(args)
+        host.cli(args)
             .env("GPU_PASSTHROUGH_NOW", "2026-10-20T00:00:00Z")
             .output()
             .expect("run")
@@ -3083,7 +3071,7 @@ fn bookings_import_reads_an_icalendar_export_with_zones_and_recurrence() {
     }
     // A time override that is not a time: named, and nothing written.
     let out = host
-        .command(&["bookings", "import", &export])
+        .cli(&["bookings", "import", &export])
         .env("GPU_PASSTHROUGH_NOW", "next tuesday")
         .output()
         .expect("run");

@@ -9,9 +9,11 @@ use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use integration_tests::{bin, missing_prerequisite, which, write_file, FakeSysfs, PciFunction};
+use integration_tests::host::{HostRoot, LIBVIRT_RUN};
+use integration_tests::{bin, missing_prerequisite, which, write_file, PciFunction};
 use serde_json::Value;
 
 const SCRAPE_SECONDS: f64 = 1.0;
@@ -113,24 +115,20 @@ fn wait_until(what: &str, limit: Duration, mut ready: impl FnMut() -> bool) {
 /// The host: three GPUs on vfio-pci, 64 GiB, a hook and an installer that read it.
 #[derive(Clone)]
 struct Scene {
-    root: PathBuf,
+    host: Arc<HostRoot>,
 }
 
 impl Scene {
     fn path(&self, rel: &str) -> PathBuf {
-        self.root.join(rel)
+        self.host.path(rel)
     }
 
-    fn env(&self, c: &mut Command) {
-        c.env_clear()
-            .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-            .env("GPU_PASSTHROUGH_SYSFS", self.path("sys"))
-            .env("GPU_PASSTHROUGH_PROC", self.path("proc"))
-            .env("GPU_PASSTHROUGH_LIBVIRT_RUN", self.path("run"))
-            .env("GPU_PASSTHROUGH_STATE_DIR", self.path("state"))
-            .env("GPU_PASSTHROUGH_CONFIG", self.path("config.toml"))
-            .env("GPU_PASSTHROUGH_PCI_IDS", self.path("pci.ids"))
+    /// `program` pointed at the host, with this machine's PATH.
+    fn command(&self, program: &str) -> Command {
+        let mut c = self.host.command(&bin(program));
+        c.env("PATH", std::env::var_os("PATH").unwrap_or_default())
             .env("GPU_PASSTHROUGH_HOSTNAME", "gpu-node-1");
+        c
     }
 
     fn domain(name: &str, project: &str, user: &str, address: &str) -> String {
@@ -147,9 +145,8 @@ impl Scene {
     }
 
     fn hook(&self, name: &str, op: &str, sub: &str, xml: &str) -> i32 {
-        let mut c = Command::new(bin("gpu-passthrough-hook"));
-        self.env(&mut c);
-        let mut child = c
+        let mut child = self
+            .command("gpu-passthrough-hook")
             .args([name, op, sub, "-"])
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
@@ -167,26 +164,22 @@ impl Scene {
             self.hook(name, "release", "end", &xml);
             return false;
         }
-        write_file(
-            &self.path(&format!("run/{name}.xml")),
-            format!("<domstatus state='running'>{xml}</domstatus>"),
-        );
+        self.host.running(name, &xml);
         assert_eq!(self.hook(name, "started", "begin", &xml), 0);
         true
     }
 
     fn stop(&self, name: &str, project: &str, user: &str, address: &str) {
         let xml = Self::domain(name, project, user, address);
-        std::fs::remove_file(self.path(&format!("run/{name}.xml"))).expect("status file");
+        std::fs::remove_file(self.path(&format!("{LIBVIRT_RUN}/{name}.xml"))).expect("status file");
         assert_eq!(self.hook(name, "release", "end", &xml), 0);
     }
 
     fn metrics(&self) {
-        let mut c = Command::new(bin("gpu-passthrough"));
-        self.env(&mut c);
-        let out = c
+        let out = self
+            .command("gpu-passthrough")
             .arg("--root")
-            .arg(&self.root)
+            .arg(self.host.root())
             .args(["metrics", "--textfile-dir"])
             .arg(self.path("textfiles"))
             .output()
@@ -199,11 +192,10 @@ impl Scene {
     }
 
     fn usage_hours(&self, since: &str) -> BTreeMap<String, f64> {
-        let mut c = Command::new(bin("gpu-passthrough"));
-        self.env(&mut c);
-        let out = c
+        let out = self
+            .command("gpu-passthrough")
             .arg("--root")
-            .arg(&self.root)
+            .arg(self.host.root())
             .args(["usage", "--json", "--since", since])
             .output()
             .expect("usage");
@@ -262,11 +254,10 @@ fn dashboard_panels_and_usage_agree_on_real_prometheus_and_node_exporter() {
         );
         return;
     };
-    let dir = tempfile::tempdir().expect("tempdir");
     let scene = Scene {
-        root: dir.path().to_owned(),
+        host: Arc::new(HostRoot::new()),
     };
-    let sysfs = FakeSysfs::new(&scene.path("sys"));
+    let sysfs = scene.host.sysfs();
     for (address, device, class, group) in [
         ("0000:18:00.0", 0x1b02, 0x030000, 30),
         ("0000:18:00.1", 0x10ef, 0x040300, 30),
@@ -294,10 +285,10 @@ fn dashboard_panels_and_usage_agree_on_real_prometheus_and_node_exporter() {
     ] {
         write_file(&t4.join(file), value);
     }
-    write_file(&scene.path("proc/meminfo"), "MemTotal: 67108864 kB\n");
-    write_file(&scene.path("pci.ids"), PCI_IDS);
-    write_file(&scene.path("config.toml"), "");
-    std::fs::create_dir_all(scene.path("run")).expect("run");
+    scene.host.meminfo(64 << 30);
+    scene.host.pci_ids(PCI_IDS);
+    scene.host.config("");
+    std::fs::create_dir_all(scene.path(LIBVIRT_RUN)).expect("run");
     std::fs::create_dir_all(scene.path("textfiles")).expect("textfiles");
 
     let exporter_port = free_port();
@@ -388,7 +379,7 @@ fn dashboard_panels_and_usage_agree_on_real_prometheus_and_node_exporter() {
     assert!(scene.start("vm-crash", "genome", "bob", "0000:af:00.0"));
     at(5.0);
     // The host "crashes" under vm-crash: its status file is gone, no release came.
-    std::fs::remove_file(scene.path("run/vm-crash.xml")).expect("crash");
+    std::fs::remove_file(scene.path(&format!("{LIBVIRT_RUN}/vm-crash.xml"))).expect("crash");
     at(8.0);
     let checkpoint = now();
     at(9.0);

@@ -4,64 +4,56 @@
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Output};
 
+use integration_tests::host::{HostRoot, CONFIG};
 use integration_tests::{
-    argv_recorder, bin, read_recorded, stderr, write_file, write_link, write_script, FakeSysfs,
-    PciFunction, Recorded,
+    argv_recorder, bin, read_recorded, stderr, write_file, write_link, write_script, PciFunction,
+    Recorded,
 };
-use tempfile::TempDir;
 
 const GPU: &str = "0000:18:00.0";
 const GPU_AUDIO: &str = "0000:18:00.1";
 const NIC: &str = "0000:3b:00.0";
 
-/// A host for one test: a config file, a fake sysfs with a GPU (Titan Xp, both
-/// functions) and a NIC, and the recorder as the real qemu.
-struct Host {
-    dir: TempDir,
-    sysfs: FakeSysfs,
+/// A host for one test: a GPU (Titan Xp, both functions) and a NIC in a fake sysfs,
+/// and the recorder as the real qemu in the config.
+fn gpu_host() -> HostRoot {
+    let host = HostRoot::new();
+    for (address, device, class) in [(GPU, 0x1b02, 0x030000), (GPU_AUDIO, 0x10ef, 0x040300)] {
+        host.add(&PciFunction {
+            address,
+            vendor: 0x10de,
+            device,
+            class,
+            driver: Some("vfio-pci"),
+            iommu_group: Some(30),
+        });
+    }
+    host.add(&PciFunction {
+        address: NIC,
+        vendor: 0x8086,
+        device: 0x1572,
+        class: 0x020000,
+        driver: Some("vfio-pci"),
+        iommu_group: Some(31),
+    });
+    host.config_with("");
+    host
 }
 
-impl Host {
-    fn new() -> Self {
-        let dir = tempfile::tempdir().expect("tempdir");
-        let sysfs = FakeSysfs::new(&dir.path().join("sys"));
-        for (address, device, class) in [(GPU, 0x1b02, 0x030000), (GPU_AUDIO, 0x10ef, 0x040300)] {
-            sysfs.add(&PciFunction {
-                address,
-                vendor: 0x10de,
-                device,
-                class,
-                driver: Some("vfio-pci"),
-                iommu_group: Some(30),
-            });
-        }
-        sysfs.add(&PciFunction {
-            address: NIC,
-            vendor: 0x8086,
-            device: 0x1572,
-            class: 0x020000,
-            driver: Some("vfio-pci"),
-            iommu_group: Some(31),
-        });
-        let host = Host { dir, sysfs };
-        host.config(&format!(
-            "[wrapper]\ntarget = {:?}\n",
-            argv_recorder().display()
-        ));
-        host
-    }
+/// The wrapper's runs on a [`HostRoot`], with the argv recorder as the real qemu.
+trait Wrapper {
+    fn config_with(&self, extra: &str);
+    fn wrapper(&self, args: &[&str]) -> Command;
+    fn run_as(&self, argv0: &str, args: &[OsString]) -> Output;
+    fn run(&self, args: &[&str]) -> Output;
+    fn recorded(&self) -> Recorded;
+    fn recorded_args(&self) -> Vec<String>;
+}
 
-    fn path(&self, name: &str) -> PathBuf {
-        self.dir.path().join(name)
-    }
-
-    fn config(&self, text: &str) {
-        write_file(&self.path("config.toml"), text);
-    }
-
+impl Wrapper for HostRoot {
     /// The recorder as target plus extra `[wrapper]` lines.
     fn config_with(&self, extra: &str) {
         self.config(&format!(
@@ -70,22 +62,20 @@ impl Host {
         ));
     }
 
-    /// Run the wrapper with `args` after argv[0] (which is `argv0`).
-    /// The wrapper as libvirt runs it, with this host's config, sysfs and recorder.
-    fn command(&self, args: &[&str]) -> Command {
+    /// The wrapper as libvirt runs it (argv[0] `/usr/libexec/qemu-kvm`), with this
+    /// host's config, sysfs and recorder.
+    fn wrapper(&self, args: &[&str]) -> Command {
         let _ = std::fs::remove_file(self.path("argv"));
-        let mut c = Command::new(bin("qemu-kvm-wrapper"));
+        let mut c = self.command(&bin("qemu-kvm-wrapper"));
         c.arg0("/usr/libexec/qemu-kvm")
             .args(args)
-            .env_clear()
-            .env("GPU_PASSTHROUGH_CONFIG", self.path("config.toml"))
-            .env("GPU_PASSTHROUGH_SYSFS", self.sysfs.root())
             .env("ARGV_RECORDER_OUT", self.path("argv"));
         c
     }
 
+    /// Run the wrapper with `args` after argv[0] (which is `argv0`).
     fn run_as(&self, argv0: &str, args: &[OsString]) -> Output {
-        self.command(&[])
+        self.wrapper(&[])
             .arg0(argv0)
             .args(args)
             .output()
@@ -123,7 +113,7 @@ const GPU_VM: &str = "-name guest=gpu-vm,debug-threads=on -S -object secret,id=m
 
 #[test]
 fn a_gpu_vm_gets_kvm_hidden_and_one_line_says_so() {
-    let host = Host::new();
+    let host = gpu_host();
     let out = host.run(&words(GPU_VM).iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.status.success(), "{}", stderr(&out));
     let mut expected = words(GPU_VM);
@@ -151,7 +141,7 @@ fn a_gpu_vm_gets_kvm_hidden_and_one_line_says_so() {
 
 #[test]
 fn json_device_syntax_and_short_host_addresses_are_understood() {
-    let host = Host::new();
+    let host = gpu_host();
     let json =
         r#"{"driver":"vfio-pci","host":"0000:18:00.0","id":"hostdev0","bus":"pci.0","addr":"0x5"}"#;
     host.run(&["-cpu", "Skylake-Server-IBRS,ss=on", "-device", json]);
@@ -168,13 +158,13 @@ fn json_device_syntax_and_short_host_addresses_are_understood() {
 
 #[test]
 fn apply_to_decides_which_vms_change() {
-    let host = Host::new();
+    let host = gpu_host();
     let nic_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:3b:00.0"];
     let plain_vm = ["-cpu", "host", "-device", "virtio-net-pci,netdev=n0"];
     let gpu_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:18:00.0"];
     let t4_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:af:00.0"];
     let rewritten = "host,kvm=off,hv-vendor-id=MyFake_KVM";
-    host.sysfs.add(&PciFunction {
+    host.add(&PciFunction {
         address: "0000:af:00.0",
         vendor: 0x10de,
         device: 0x1eb8,
@@ -220,7 +210,7 @@ fn apply_to_decides_which_vms_change() {
 
 #[test]
 fn configured_vendor_id_and_hide_kvm_false() {
-    let host = Host::new();
+    let host = gpu_host();
     host.config_with("hv_vendor_id = \"0123456789ab\"\nhide_kvm = false\napply_to = \"all\"\n");
     host.run(&["-cpu", "host,kvm=on"]);
     assert_eq!(
@@ -231,7 +221,7 @@ fn configured_vendor_id_and_hide_kvm_false() {
 
 #[test]
 fn the_capability_probe_passes_through_untouched_and_silent() {
-    let host = Host::new();
+    let host = gpu_host();
     host.config_with("apply_to = \"all\"\n");
     let probe = "-S -no-user-config -nodefaults -nographic -machine none,accel=kvm:tcg \
         -qmp unix:/var/lib/libvirt/qemu/qmp-abc/qmp.monitor,server=on,wait=off \
@@ -246,7 +236,7 @@ fn the_capability_probe_passes_through_untouched_and_silent() {
 
 #[test]
 fn non_utf8_arguments_and_two_cpu_options_arrive_byte_for_byte() {
-    let host = Host::new();
+    let host = gpu_host();
     host.config_with("apply_to = \"all\"\n");
     let raw = |b: &[u8]| OsString::from_vec(b.to_vec());
     let args = vec![
@@ -278,7 +268,7 @@ fn non_utf8_arguments_and_two_cpu_options_arrive_byte_for_byte() {
 
 #[test]
 fn help_is_left_alone() {
-    let host = Host::new();
+    let host = gpu_host();
     host.config_with("apply_to = \"all\"\n");
     for value in ["help", "?"] {
         let out = host.run(&["-cpu", value]);
@@ -289,7 +279,7 @@ fn help_is_left_alone() {
 
 #[test]
 fn a_bad_value_is_one_warning_and_the_rest_still_applies() {
-    let host = Host::new();
+    let host = gpu_host();
     host.config_with("hv_vendor_id = \"much_too_long_id\"\nhide_kvm = false\napply_to = \"all\"\n");
     let out = host.run(&["-cpu", "host"]);
     assert!(out.status.success());
@@ -306,14 +296,14 @@ fn a_bad_value_is_one_warning_and_the_rest_still_applies() {
 
 #[test]
 fn a_file_that_is_not_toml_means_defaults_never_a_refused_start() {
-    let host = Host::new();
+    let host = gpu_host();
     // Nothing in the file can be trusted, so the target is the default one. The loop
     // guard set on entry makes the wrapper name the target it would run and stop there,
     // whatever this machine has at /usr/libexec/qemu-kvm.orig: the warning comes first,
     // then exit 127 naming the default target.
     host.config("[wrapper\ntarget = 1");
     let out = host
-        .command(&["-cpu", "host"])
+        .wrapper(&["-cpu", "host"])
         .env("GPU_PASSTHROUGH_WRAPPER_ACTIVE", "1")
         .output()
         .expect("run the wrapper");
@@ -324,7 +314,7 @@ fn a_file_that_is_not_toml_means_defaults_never_a_refused_start() {
     assert!(
         lines[0].starts_with(&format!(
             "qemu-kvm-wrapper: {}: line 1: not valid TOML",
-            host.path("config.toml").display()
+            host.path(CONFIG).display()
         )) && lines[0].ends_with("; using the defaults for these"),
         "{err}"
     );
@@ -335,14 +325,14 @@ fn a_file_that_is_not_toml_means_defaults_never_a_refused_start() {
              back to this wrapper (GPU_PASSTHROUGH_WRAPPER_ACTIVE is set), which would loop. \
              Repair: run `gpu-passthrough divert` (it puts the real qemu back at \
              /usr/libexec/qemu-kvm.orig), or set [wrapper] target in {}",
-            host.path("config.toml").display()
+            host.path(CONFIG).display()
         )
     );
 }
 
 #[test]
 fn an_unreadable_config_is_a_warning_and_defaults() {
-    let host = Host::new();
+    let host = gpu_host();
     // A directory where the file should be: reading fails with EISDIR, even for root.
     let dir = host.path("config.d");
     std::fs::create_dir(&dir).expect("mkdir");
@@ -369,8 +359,8 @@ fn an_unreadable_config_is_a_warning_and_defaults() {
 
 #[test]
 fn an_unreadable_class_counts_as_a_gpu_and_says_why() {
-    let host = Host::new();
-    host.sysfs
+    let host = gpu_host();
+    host.sysfs()
         .make_unreadable(&format!("devices/pci0000:3b/{NIC}/class"))
         .expect("make class unreadable");
     let out = host.run(&["-cpu", "host", "-device", "vfio-pci,host=0000:3b:00.0"]);
@@ -387,10 +377,10 @@ fn an_unreadable_class_counts_as_a_gpu_and_says_why() {
 
 #[test]
 fn the_real_qemus_exit_status_and_environment_come_through() {
-    let host = Host::new();
+    let host = gpu_host();
     let out = Command::new(bin("qemu-kvm-wrapper"))
         .args(["-S"])
-        .env("GPU_PASSTHROUGH_CONFIG", host.path("config.toml"))
+        .env("GPU_PASSTHROUGH_CONFIG", host.path(CONFIG))
         .env("ARGV_RECORDER_OUT", host.path("argv"))
         .env("ARGV_RECORDER_EXIT", "7")
         .output()
@@ -426,7 +416,7 @@ fn assert_cannot_exec(out: &Output, target: &Path, why: &str) {
 
 #[test]
 fn a_missing_target_is_exit_127_naming_path_and_repair() {
-    let host = Host::new();
+    let host = gpu_host();
     let target = host.path("no-such-qemu");
     host.config(&format!("[wrapper]\ntarget = {:?}\n", target.display()));
     assert_cannot_exec(&host.run(&["-S"]), &target, "No such file or directory");
@@ -434,7 +424,7 @@ fn a_missing_target_is_exit_127_naming_path_and_repair() {
 
 #[test]
 fn a_target_that_is_not_executable_is_exit_127() {
-    let host = Host::new();
+    let host = gpu_host();
     let target = host.path("qemu-not-executable");
     write_file(&target, "not a program");
     host.config(&format!("[wrapper]\ntarget = {:?}\n", target.display()));
@@ -443,7 +433,7 @@ fn a_target_that_is_not_executable_is_exit_127() {
 
 #[test]
 fn a_target_that_is_the_wrapper_itself_is_refused_not_looped() {
-    let host = Host::new();
+    let host = gpu_host();
     let target = host.path("qemu-kvm.orig");
     write_link(&target, bin("qemu-kvm-wrapper"));
     host.config(&format!("[wrapper]\ntarget = {:?}\n", target.display()));
@@ -452,7 +442,7 @@ fn a_target_that_is_the_wrapper_itself_is_refused_not_looped() {
 
 #[test]
 fn a_target_that_leads_back_to_the_wrapper_is_refused_not_looped() {
-    let host = Host::new();
+    let host = gpu_host();
     let target = host.path("qemu-script");
     write_script(
         &target,

@@ -6,6 +6,8 @@ use std::io;
 use std::os::unix::fs::{symlink, PermissionsExt};
 use std::path::{Path, PathBuf};
 
+pub mod host;
+
 /// The directory cargo put this workspace's binaries in (`target/<triple>/<profile>`),
 /// found from the running test executable (`.../<profile>/deps/it-HASH`).
 pub fn bin_dir() -> PathBuf {
@@ -269,8 +271,6 @@ pub fn read_recorded(path: &Path) -> Recorded {
     Recorded { argv: parts, guard }
 }
 
-/// Assert that a run ended with exit status `code` and said `needle` on stderr.
-#[track_caller]
 /// A command's stderr, as text.
 pub fn stderr(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stderr).into_owned()
@@ -281,6 +281,8 @@ pub fn stdout(out: &std::process::Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
+/// Assert that a run ended with exit status `code` and said `needle` on stderr.
+#[track_caller]
 pub fn assert_exit(out: &std::process::Output, code: i32, needle: &str) {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(code), "stderr: {stderr}");
