@@ -179,9 +179,10 @@ pub fn parse_matching(text: &str, names: &[&str]) -> Result<Vec<Booking>, String
 pub(crate) fn spans(text: &str) -> Result<Vec<(usize, usize)>, String> {
     let syntax = |e: serde_json::Error| {
         format!(
-            "line {}, column {}: {e}; expected {{\"bookings\": [{{\"id\", \"project\", \"start\", \"end\", ...}}]}}",
+            "line {}, column {}: {}; expected {{\"bookings\": [{{\"id\", \"project\", \"start\", \"end\", ...}}]}}",
             e.line(),
-            e.column()
+            e.column(),
+            without_position(&e)
         )
     };
     #[derive(Deserialize)]
@@ -200,6 +201,17 @@ pub(crate) fn spans(text: &str) -> Result<Vec<(usize, usize)>, String> {
             (start, start + r.get().len())
         })
         .collect())
+}
+
+/// serde_json's message without its " at line L column C": the caller says where,
+/// in the file's terms.
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    let position = format!(" at line {} column {}", e.line(), e.column());
+    match text.strip_suffix(&position) {
+        Some(message) => message.to_owned(),
+        None => text,
+    }
 }
 
 /// Check and keep the bookings at `spans` of `text` that name one of `names` (every
@@ -238,7 +250,7 @@ pub(crate) fn select(
         let entry: Entry = serde_json::from_slice(&text[start..end]).map_err(|e| {
             // The position within the file: the entry's offset plus the error's.
             let line = memchr::memchr_iter(b'\n', &text[..start]).count() + e.line();
-            format!("line {line}: booking {}: {e}", i + 1)
+            format!("line {line}: booking {}: {}", i + 1, without_position(&e))
         })?;
         out.push(check_entry(i, entry)?);
     }
@@ -547,7 +559,10 @@ mod tests {
     #[test]
     fn broken_files_name_the_booking_or_the_line() {
         let e = parse("{\"bookings\": [\n{\"id\": 1}]}").expect_err("bad id");
-        assert!(e.starts_with("line 2: booking 1: invalid type"), "{e}");
+        assert_eq!(
+            e,
+            "line 2: booking 1: invalid type: integer `1`, expected a string"
+        );
         let e = parse("{\"bookings\": [\n{\"id\": \"x\"},]}").expect_err("syntax");
         assert!(e.starts_with("line 2, column"), "{e}");
         // The hook's view checks the whole document's JSON too, not only its project's.
@@ -561,5 +576,211 @@ mod tests {
         assert_eq!(e, "booking 1 (\"x\"): end is not after start");
         let e = parse(r#"{"bookings": [{"id": "x", "project": "p", "model": "nvidia", "start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}]}"#).expect_err("model");
         assert!(e.contains("is not VENDOR:DEVICE"), "{e}");
+    }
+
+    /// Who else's running VMs use up the project's booking: the same project (by id or
+    /// by name), and with `match_user` the same user (by id or by name); never the
+    /// domain itself (libvirt's status file of the domain being started).
+    #[test]
+    fn running_vms_use_their_owners_bookings_only() {
+        let b = parse(r#"{"bookings": [{"id": "m", "project": "climate", "model": "10de:1eb8", "start": "2026-11-01T00:00:00Z", "end": "2026-12-01T00:00:00Z"}]}"#).expect("parse");
+        let now = t("2026-11-10T00:00:00Z");
+        let mine = [gpu("0000:3b:00.0", "1eb8")];
+        let theirs = [gpu("0000:af:00.0", "1eb8")];
+        let alice = nova("climate", "alice");
+        let want = Holder {
+            name: "vm-new",
+            nova: &alice,
+            gpus: &mine,
+        };
+        let only = |project: Option<&str>,
+                    project_id: Option<&str>,
+                    user: Option<&str>,
+                    user_id: Option<&str>| NovaInstance {
+            project: project.map(str::to_owned),
+            project_id: project_id.map(str::to_owned),
+            user: user.map(str::to_owned),
+            user_id: user_id.map(str::to_owned),
+            ..NovaInstance::default()
+        };
+        let cases = [
+            (
+                "another project",
+                "vm-r",
+                nova("genome", "alice"),
+                false,
+                true,
+            ),
+            (
+                "the project by id only",
+                "vm-r",
+                only(None, Some("climate-id"), None, None),
+                false,
+                false,
+            ),
+            (
+                "the project by name only",
+                "vm-r",
+                only(Some("climate"), None, None, None),
+                false,
+                false,
+            ),
+            (
+                "no project at all",
+                "vm-r",
+                only(None, None, Some("alice"), Some("alice-id")),
+                false,
+                true,
+            ),
+            (
+                "another user, users not matched",
+                "vm-r",
+                nova("climate", "bob"),
+                false,
+                false,
+            ),
+            (
+                "another user, users matched",
+                "vm-r",
+                nova("climate", "bob"),
+                true,
+                true,
+            ),
+            (
+                "the user by id only",
+                "vm-r",
+                only(Some("climate"), None, None, Some("alice-id")),
+                true,
+                false,
+            ),
+            (
+                "the user by name only",
+                "vm-r",
+                only(Some("climate"), None, Some("alice"), None),
+                true,
+                false,
+            ),
+            (
+                "the domain itself",
+                "vm-new",
+                nova("climate", "alice"),
+                false,
+                true,
+            ),
+        ];
+        for (what, name, owner, match_user, covered) in cases {
+            let running = [Holder {
+                name,
+                nova: &owner,
+                gpus: &theirs,
+            }];
+            let got = uncovered(&b, "h", match_user, now, &running, &want);
+            let expected = if covered {
+                vec![]
+            } else {
+                vec![Uncovered {
+                    gpu: mine[0].clone(),
+                    why: "the project's bookings that cover now are used up by its running VMs"
+                        .into(),
+                    next: None,
+                }]
+            };
+            assert_eq!(got, expected, "{what}");
+        }
+    }
+
+    /// The next booking is one that starts after now: one that starts now is in use.
+    #[test]
+    fn a_booking_used_up_from_now_is_not_the_next_one() {
+        let b = parse(r#"{"bookings": [
+          {"id": "now", "project": "climate", "model": "10de:1eb8", "start": "2026-11-10T00:00:00Z", "end": "2026-11-11T00:00:00Z"},
+          {"id": "later", "project": "climate", "model": "10de:1eb8", "start": "2026-11-12T00:00:00Z", "end": "2026-11-13T00:00:00Z"}
+        ]}"#)
+        .expect("parse");
+        let alice = nova("climate", "alice");
+        let t4s = [gpu("0000:3b:00.0", "1eb8"), gpu("0000:af:00.0", "1eb8")];
+        let want = Holder {
+            name: "v",
+            nova: &alice,
+            gpus: &t4s,
+        };
+        let got = uncovered(&b, "h", false, t("2026-11-10T00:00:00Z"), &[], &want);
+        assert_eq!(
+            got,
+            vec![Uncovered {
+                gpu: t4s[1].clone(),
+                why: "the project's bookings that cover now are used up by its running VMs".into(),
+                next: Some(
+                    "later (climate, 1 x 10de:1eb8, 2026-11-12T00:00:00Z to 2026-11-13T00:00:00Z)"
+                        .into()
+                ),
+            }]
+        );
+    }
+
+    #[test]
+    fn load_reads_the_file_and_names_it_in_errors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bookings.json");
+        std::fs::write(&path, FILE).expect("write");
+        assert_eq!(load(&path).expect("load"), parse(FILE).expect("parse"));
+        assert_eq!(
+            load_matching(&path, &["genome"], None).expect("load"),
+            vec![parse(FILE).expect("parse")[3].clone()]
+        );
+        let missing = dir.path().join("none.json");
+        for e in [
+            load(&missing).expect_err("missing"),
+            load_matching(&missing, &["genome"], None).expect_err("missing"),
+        ] {
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "{}: cannot read it: No such file or directory (os error 2)",
+                    missing.display()
+                )
+            );
+        }
+        std::fs::write(&path, "{\"bookings\": 1}").expect("write");
+        assert_eq!(
+            load(&path).expect_err("bad").to_string(),
+            format!("{}: line 1, column 14: invalid type: integer `1`, expected a sequence; expected {{\"bookings\": [{{\"id\", \"project\", \"start\", \"end\", ...}}]}}", path.display())
+        );
+    }
+
+    #[test]
+    fn a_name_outside_every_booking_selects_none() {
+        // "bookings" is the document's key, not a booking's value.
+        assert_eq!(parse_matching(FILE, &["bookings"]).expect("parse"), vec![]);
+    }
+
+    #[test]
+    fn a_model_is_four_hex_digits_a_colon_and_four() {
+        for (model, ok) in [
+            ("10de:1eb8", true),
+            ("10DE:1EB8", true),
+            ("10de:1eb", false),
+            ("10d:1eb8", false),
+            ("10de1eb8", false),
+            ("10de:1eg8", false),
+            ("0x10:1eb8", false),
+        ] {
+            let text = format!(
+                r#"{{"bookings": [{{"id": "x", "project": "p", "model": "{model}", "start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"}}]}}"#
+            );
+            match parse(&text) {
+                Ok(b) => {
+                    assert!(ok, "{model} was taken");
+                    assert_eq!(b[0].target, Target::Model(0x10de, 0x1eb8));
+                }
+                Err(e) => {
+                    assert!(!ok, "{model}: {e}");
+                    assert_eq!(
+                        e,
+                        format!("booking 1 (\"x\"): model {model:?} is not VENDOR:DEVICE in hex")
+                    );
+                }
+            }
+        }
     }
 }

@@ -429,7 +429,10 @@ fn check_group(
         findings.push(Finding::pass(
             "iommu-group",
             Some(addr),
-            format!("IOMMU group {group} is viable ({} members)", members.len()),
+            match members.len() {
+                1 => format!("IOMMU group {group} is viable (it alone)"),
+                n => format!("IOMMU group {group} is viable ({n} members)"),
+            },
         ));
     }
     findings

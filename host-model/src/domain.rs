@@ -724,4 +724,74 @@ mod tests {
         assert!(size_in_bytes(1, Some("Gx")).is_err());
         assert!(size_in_bytes(1, Some("")).is_err());
     }
+
+    #[test]
+    fn every_unit_libvirt_knows_and_no_other() {
+        let ok: [(&str, u64); 21] = [
+            ("b", 1),
+            ("byte", 1),
+            ("bytes", 1),
+            ("k", 1 << 10),
+            ("KiB", 1 << 10),
+            ("KB", 1_000),
+            ("m", 1 << 20),
+            ("MiB", 1 << 20),
+            ("MB", 1_000_000),
+            ("g", 1 << 30),
+            ("GiB", 1 << 30),
+            ("GB", 1_000_000_000),
+            ("t", 1 << 40),
+            ("TiB", 1 << 40),
+            ("TB", 1_000_000_000_000),
+            ("p", 1 << 50),
+            ("PiB", 1 << 50),
+            ("PB", 1_000_000_000_000_000),
+            ("e", 1 << 60),
+            ("EiB", 1 << 60),
+            ("EB", 1_000_000_000_000_000_000),
+        ];
+        for (unit, factor) in ok {
+            assert_eq!(size_in_bytes(1, Some(unit)), Ok(factor), "{unit}");
+        }
+        for unit in ["", "x", "kibi", "KiBB", "bits", "Z", "ZiB"] {
+            assert_eq!(
+                size_in_bytes(1, Some(unit)),
+                Err(format!("unknown memory unit {unit:?}")),
+                "{unit}"
+            );
+        }
+        assert_eq!(
+            size_in_bytes(16, Some("EiB")),
+            Err("16 EiB is too large".into())
+        );
+    }
+
+    #[test]
+    fn only_pci_subsystem_hostdevs_and_pci_interfaces_count() {
+        let d = Domain::from_xml(
+            "<domain><name>x</name><memory>1</memory><devices>\
+             <hostdev mode='capabilities' type='storage'><source><block>/dev/sdf1</block></source></hostdev>\
+             <hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x1234'/><product id='0xbeef'/></source></hostdev>\
+             <interface type='hostdev'><source><address type='usb' bus='0' port='1'/></source></interface>\
+             <interface type='hostdev'/>\
+             <hostdev type='pci' managed='yes'><source><address domain='0x0000' bus='0x18' slot='0x00' function='0x0'/></source></hostdev>\
+             </devices></domain>",
+        )
+        .expect("parse");
+        assert_eq!(
+            d.hostdevs,
+            vec![Hostdev {
+                address: "0000:18:00.0".parse().expect("address"),
+                managed: true,
+                kind: HostdevKind::Hostdev,
+            }]
+        );
+        let e = Domain::from_xml(
+            "<domain><name>x</name><memory>1</memory><devices>\n\
+             <hostdev mode='subsystem' type='pci'><source/></hostdev></devices></domain>",
+        )
+        .expect_err("no address");
+        assert_eq!(e.message, "a PCI <hostdev> has no <source><address>");
+        assert_eq!(e.line, 2);
+    }
 }

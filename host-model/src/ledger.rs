@@ -631,4 +631,218 @@ mod tests {
             "2026-11-26T15:33:23Z"
         );
     }
+
+    #[test]
+    fn a_record_is_one_json_line_with_lost_only_when_true() {
+        let mut r = rec("2026-11-01T00:00:00Z", Event::Stop, "a");
+        let line = serde_json::to_string(&r).expect("serialize");
+        assert_eq!(
+            line,
+            r#"{"ts":"2026-11-01T00:00:00Z","event":"stop","host":"h","domain":"a","domain_uuid":"uuid-a","instance_id":null,"instance_name":null,"project_id":"p","project_name":"proj","user_id":null,"user_name":null,"flavor_name":null,"gpus":[]}"#
+        );
+        r.lost = true;
+        let line = serde_json::to_string(&r).expect("serialize");
+        assert!(line.ends_with(r#""gpus":[],"lost":true}"#), "{line}");
+        assert_eq!(serde_json::from_str::<Record>(&line).expect("parse"), r);
+    }
+
+    #[test]
+    fn a_domains_gpus_are_its_display_functions_that_sysfs_knows() {
+        use integration_tests::{FakeSysfs, PciFunction};
+        let dir = tempfile::tempdir().expect("tempdir");
+        let sysfs = FakeSysfs::new(dir.path());
+        for (address, device, class) in [
+            ("0000:18:00.0", 0x1b02, 0x030000),
+            ("0000:18:00.1", 0x10ef, 0x040300),
+            ("0000:3b:00.0", 0x1eb8, 0x030200),
+        ] {
+            sysfs.add(&PciFunction {
+                address,
+                vendor: 0x10de,
+                device,
+                class,
+                driver: Some("vfio-pci"),
+                iommu_group: Some(30),
+            });
+        }
+        let ids = dir.path().join("pci.ids");
+        std::fs::write(&ids, "10de  NVIDIA Corporation\n\t1b02  GP102 [TITAN Xp]\n").expect("ids");
+        let hostdev = |bus: &str, function: &str| {
+            format!("<hostdev mode='subsystem' type='pci' managed='yes'><source><address domain='0x0000' bus='0x{bus}' slot='0x00' function='0x{function}'/></source></hostdev>")
+        };
+        let domain = Domain::from_xml(&format!(
+            "<domain><name>x</name><memory>1</memory><devices>{}{}{}{}</devices></domain>",
+            hostdev("18", "0"),
+            hostdev("18", "1"),
+            hostdev("99", "0"),
+            hostdev("3b", "0"),
+        ))
+        .expect("domain");
+        let gpu = |address: &str, device: &str, model: Option<&str>| GpuRef {
+            address: address.into(),
+            vendor_id: "10de".into(),
+            device_id: device.into(),
+            model: model.map(str::to_owned),
+        };
+        let pci_ids = crate::pciids::PciIds::at(Some(ids));
+        assert_eq!(
+            gpus_of(&domain, dir.path(), Some(&pci_ids)),
+            vec![
+                gpu(
+                    "0000:18:00.0",
+                    "1b02",
+                    Some("NVIDIA Corporation GP102 [TITAN Xp]")
+                ),
+                // The vendor alone where pci.ids does not know the device.
+                gpu("0000:3b:00.0", "1eb8", Some("NVIDIA Corporation")),
+            ]
+        );
+        assert_eq!(
+            gpus_of(&domain, dir.path(), None),
+            vec![
+                gpu("0000:18:00.0", "1b02", None),
+                gpu("0000:3b:00.0", "1eb8", None)
+            ]
+        );
+    }
+
+    #[test]
+    fn the_state_dir_and_host_name_come_from_the_environment_else_the_host() {
+        // The only unit test that touches these variables.
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::create_dir_all(dir.path().join("sys/kernel")).expect("mkdir");
+        std::fs::write(dir.path().join("sys/kernel/hostname"), "gpu-node-7\n").expect("write");
+        std::env::set_var(HOSTNAME_ENV, "from-env");
+        std::env::set_var(STATE_DIR_ENV, "/tmp/state");
+        assert_eq!(hostname(dir.path()), "from-env");
+        assert_eq!(state_dir_from_env(), PathBuf::from("/tmp/state"));
+        std::env::set_var(HOSTNAME_ENV, "");
+        std::env::remove_var(STATE_DIR_ENV);
+        assert_eq!(hostname(dir.path()), "gpu-node-7");
+        assert_eq!(hostname(&dir.path().join("none")), "unknown");
+        assert_eq!(state_dir_from_env(), PathBuf::from(DEFAULT_STATE_DIR));
+        std::env::remove_var(HOSTNAME_ENV);
+    }
+
+    #[test]
+    fn the_ledgers_files_are_its_jsonl_in_name_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let usage = dir.path().join("usage");
+        std::fs::create_dir(&usage).expect("mkdir");
+        for name in [
+            "2026-11.jsonl",
+            "2026-09.jsonl",
+            "heartbeat",
+            "2026-10.jsonl.tmp",
+        ] {
+            std::fs::write(usage.join(name), "").expect("write");
+        }
+        assert_eq!(
+            files(&usage).expect("files"),
+            vec![usage.join("2026-09.jsonl"), usage.join("2026-11.jsonl")]
+        );
+        let one = usage.join("2026-11.jsonl");
+        assert_eq!(files(&one).expect("file"), vec![one.clone()]);
+        assert_eq!(
+            files(&dir.path().join("none")).expect("none"),
+            Vec::<PathBuf>::new()
+        );
+        let under_a_file = one.join("x");
+        let e = files(&under_a_file).expect_err("not a directory");
+        assert_eq!(
+            e.to_string(),
+            format!(
+                "cannot read the ledger {}: Not a directory (os error 20)",
+                under_a_file.display()
+            )
+        );
+    }
+
+    #[test]
+    fn a_lean_read_tallies_whole_files_and_names_the_lines_it_skipped() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let usage = usage_dir(dir.path());
+        let gpu = |a: &str| GpuRef {
+            address: a.into(),
+            vendor_id: "10de".into(),
+            device_id: "1b02".into(),
+            model: None,
+        };
+        let mut start = rec("2026-10-31T23:00:00Z", Event::Start, "a");
+        start.gpus = vec![gpu("0000:18:00.0"), gpu("0000:3b:00.0")];
+        let mut stop = start.clone();
+        stop.ts = "2026-11-01T01:00:00Z".into();
+        stop.event = Event::Stop;
+        append(&usage, &start).expect("start");
+        append(&usage, &stop).expect("stop");
+        let nov = usage.join("2026-11.jsonl");
+        let mut text = std::fs::read_to_string(&nov).expect("read");
+        text.push_str("{\"torn\n");
+        text.push_str(r#"{"ts":"yesterday","event":"stop","host":"h","domain":"a"}"#);
+        text.push('\n');
+        std::fs::write(&nov, text).expect("write");
+        let mut tally = Tally::new(
+            &[Key::Project],
+            t("2026-10-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            t("2026-11-02T00:00:00Z"),
+        );
+        let problems = read_into(&usage, &mut tally).expect("read");
+        assert_eq!(
+            problems,
+            vec![
+                format!("{}:2: not a ledger record (EOF while parsing a string at line 1 column 6); line skipped", nov.display()),
+                format!("{}:3: ts \"yesterday\" is not an RFC 3339 time; line skipped", nov.display()),
+            ]
+        );
+        let rows: Vec<(Fields, f64)> = tally
+            .rows()
+            .into_iter()
+            .map(|r| (r.fields, r.gpu_hours))
+            .collect();
+        assert_eq!(
+            rows,
+            vec![(
+                vec![
+                    ("project_id", Some("p".into())),
+                    ("project_name", Some("proj".into()))
+                ],
+                4.0 // 2 h, 2 GPUs, across the month's end
+            )]
+        );
+    }
+
+    #[test]
+    fn open_intervals_heartbeat_and_gpu_addresses() {
+        let records = vec![
+            rec("2026-11-01T01:00:00Z", Event::Start, "a"),
+            rec("2026-11-01T02:00:00Z", Event::Start, "b"),
+            rec("2026-11-01T03:00:00Z", Event::Stop, "a"),
+        ];
+        let open: Vec<(&str, Timestamp)> = open_intervals(&records)
+            .iter()
+            .map(|i| (i.record.domain.as_str(), i.start))
+            .collect();
+        assert_eq!(open, vec![("b", t("2026-11-01T02:00:00Z"))]);
+
+        let dir = tempfile::tempdir().expect("tempdir");
+        assert_eq!(heartbeat_path(dir.path()), dir.path().join("heartbeat"));
+        assert_eq!(read_heartbeat(dir.path()), None);
+        std::fs::write(dir.path().join("heartbeat"), "2026-11-01T03:00:05Z\n").expect("write");
+        assert_eq!(read_heartbeat(dir.path()), Some(t("2026-11-01T03:00:05Z")));
+        std::fs::write(dir.path().join("heartbeat"), "soon\n").expect("write");
+        assert_eq!(read_heartbeat(dir.path()), None);
+
+        let gpu = |address: &str| GpuRef {
+            address: address.into(),
+            vendor_id: "10de".into(),
+            device_id: "1b02".into(),
+            model: None,
+        };
+        assert_eq!(
+            gpu_address(&gpu("0000:18:00.0")),
+            Some("0000:18:00.0".parse().expect("address"))
+        );
+        assert_eq!(gpu_address(&gpu("18:00")), None);
+    }
 }

@@ -50,3 +50,48 @@ pub fn running_domains(run_dir: &Path) -> RunningDomains {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn status_files_are_read_in_name_order_and_odd_ones_named() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let status = |name: &str| {
+            format!("<domstatus state='running'><domain><name>{name}</name><memory>1</memory></domain></domstatus>")
+        };
+        std::fs::write(dir.path().join("b.xml"), status("b")).expect("write");
+        std::fs::write(dir.path().join("a.xml"), status("a")).expect("write");
+        std::fs::write(dir.path().join("a.pid"), "4242").expect("write");
+        std::fs::write(dir.path().join("c.xml"), "<domain/>").expect("write");
+        let got = running_domains(dir.path());
+        let names: Vec<&str> = got.domains.iter().map(|d| d.name.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(
+            got.unreadable,
+            [format!(
+                "{}: line 1, column 1: not a libvirt status file: the document is <domain>, not <domstatus>",
+                dir.path().join("c.xml").display()
+            )]
+        );
+        // No directory: nothing runs. Not a directory: said, as nothing can be known.
+        let none = running_domains(&dir.path().join("none"));
+        assert!(none.domains.is_empty() && none.unreadable.is_empty());
+        let file = dir.path().join("a.pid");
+        let odd = running_domains(&file);
+        assert_eq!(
+            odd.unreadable,
+            [format!("{}: Not a directory (os error 20)", file.display())]
+        );
+    }
+
+    #[test]
+    fn the_run_dir_comes_from_the_environment() {
+        // The only unit test that touches this variable.
+        std::env::set_var(RUN_DIR_ENV, "/tmp/run");
+        assert_eq!(run_dir_from_env(), PathBuf::from("/tmp/run"));
+        std::env::remove_var(RUN_DIR_ENV);
+        assert_eq!(run_dir_from_env(), PathBuf::from(DEFAULT_RUN_DIR));
+    }
+}

@@ -60,3 +60,30 @@ impl Drop for Mapped {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether a mapping of `path` is in this process's address space.
+    fn mapped_now(path: &std::path::Path) -> bool {
+        let maps = std::fs::read_to_string("/proc/self/maps").expect("maps");
+        let name = path.to_str().expect("utf-8 path");
+        maps.lines().any(|l| l.ends_with(name))
+    }
+
+    #[test]
+    fn the_bytes_are_the_files_and_drop_unmaps_them() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bookings.json");
+        std::fs::write(&path, b"{\"bookings\": []}\n").expect("write");
+        let file = File::open(&path).expect("open");
+        let mapped = Mapped::new(&file, 8).expect("map");
+        assert_eq!(mapped.bytes(), b"{\"bookin");
+        assert!(mapped_now(&path));
+        drop(mapped);
+        assert!(!mapped_now(&path), "drop left the mapping");
+        let empty = Mapped::new(&file, 0).expect("no mapping");
+        assert_eq!(empty.bytes(), b"");
+    }
+}

@@ -152,4 +152,28 @@ mod tests {
             "no 2 MiB pool"
         );
     }
+
+    #[test]
+    fn nodeset_ranges_may_be_one_node_and_not_absurdly_long() {
+        assert_eq!(parse_nodeset("3-3"), Some(vec![3]));
+        assert_eq!(parse_nodeset(" 1 - 2 , 4"), Some(vec![1, 2, 4]));
+        assert_eq!(parse_nodeset("0-4096").map(|n| n.len()), Some(4097));
+        assert_eq!(parse_nodeset("0-4097"), None);
+        assert_eq!(
+            parse_nodeset("5-4101").map(|n| (n.len(), n[4096])),
+            Some((4097, 4101))
+        );
+        assert_eq!(parse_nodeset("x"), None);
+        assert_eq!(parse_nodeset("1-x"), None);
+    }
+
+    #[test]
+    fn bytes_in_gib_from_one_gib_on_else_in_mib() {
+        assert_eq!(human(16 << 30), "16.0 GiB");
+        assert_eq!(human((3 << 30) / 2), "1.5 GiB");
+        assert_eq!(human(1 << 30), "1.0 GiB");
+        assert_eq!(human((1 << 30) - 1), "1023 MiB");
+        assert_eq!(human(512 << 20), "512 MiB");
+        assert_eq!(human(0), "0 MiB");
+    }
 }
