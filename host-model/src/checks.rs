@@ -308,11 +308,9 @@ pub fn check_domain(domain: &Domain, host: &HostPaths, config: &HookConfig) -> R
                     "managed='no', so libvirt will not detach it, but it is bound to {}",
                     driver.map_or("no driver".to_owned(), |d| format!("'{d}'"))
                 ),
-                format!(
-                    "bind it to vfio-pci (`gpu-passthrough install --gpu {}` does it at boot), \
-                     or set managed='yes' on the <hostdev>",
-                    function.ids()
-                ),
+                "bind it to vfio-pci (`gpu-passthrough install` binds every function of the \
+                 host's NVIDIA cards at boot), or set managed='yes' on the <hostdev>"
+                    .into(),
             ));
         }
 
@@ -417,10 +415,9 @@ fn check_group(
                 ),
                 format!(
                     "pass {member} through to this VM as well (a <hostdev>; for Nova, an alias \
-                     for it in the flavor), or bind it to vfio-pci \
-                     (`gpu-passthrough install --gpu {}`); if the host needs that device, move \
-                     the card to a slot with its own IOMMU group",
-                    m.ids()
+                     for it in the flavor), or, if it is a function of the GPU's card, bind it \
+                     to vfio-pci (`gpu-passthrough install` does so at boot); if the host needs \
+                     that device, move the card to a slot with its own IOMMU group"
                 ),
             )),
         }

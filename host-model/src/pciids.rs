@@ -108,4 +108,45 @@ mod tests {
         );
         assert_eq!(lookup_in(IDS, 0x8086, 0x1572), None);
     }
+
+    #[test]
+    fn comments_and_blank_lines_inside_a_vendor_do_not_end_it() {
+        let ids = "10de  NVIDIA Corporation\n\t10ef  GP102 HDMI Audio Controller\n# 2024 additions\n\n\t1b02  GP102 [TITAN Xp]\n10df  Emulex Corporation\n";
+        assert_eq!(
+            lookup_in(ids, 0x10de, 0x1b02).as_deref(),
+            Some("NVIDIA Corporation GP102 [TITAN Xp]")
+        );
+        // A subsystem line ("\t\t10de 11df") is not a device of that id.
+        assert_eq!(
+            lookup_in(IDS, 0x10de, 0x11df).as_deref(),
+            Some("NVIDIA Corporation")
+        );
+    }
+
+    #[test]
+    fn the_file_is_the_environments_else_the_first_the_host_has() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("pci.ids");
+        std::fs::write(&path, IDS).expect("write");
+        // The only unit test that touches this variable.
+        std::env::set_var(PATH_ENV, &path);
+        assert_eq!(path_from_env(), Some(path.clone()));
+        let ids = PciIds::from_env();
+        assert_eq!(ids.path(), Some(path.as_path()));
+        assert_eq!(
+            ids.name(0x10de, 0x1b02).as_deref(),
+            Some("NVIDIA Corporation GP102 [TITAN Xp]")
+        );
+        std::env::remove_var(PATH_ENV);
+        let host = DEFAULT_PATHS
+            .iter()
+            .map(PathBuf::from)
+            .find(|p| p.is_file());
+        assert_eq!(path_from_env(), host);
+        assert_eq!(PciIds::at(None).name(0x10de, 0x1b02), None);
+        assert_eq!(
+            PciIds::at(Some(dir.path().join("none"))).name(0x10de, 0x1b02),
+            None
+        );
+    }
 }

@@ -175,7 +175,9 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
                         "{what} is bound to {}, not vfio-pci",
                         other.map_or("no driver".to_owned(), |d| format!("'{d}'"))
                     ),
-                    format!("run `gpu-passthrough install --gpu {}:{}`, then reboot", e.vendor_id, e.device_id),
+                    // --gpu names the card by its GPU function: install binds the card's
+                    // every function.
+                    format!("run `gpu-passthrough install --gpu {}`, then reboot", gpu.display().ids()),
                 )),
             }
         }
@@ -207,10 +209,39 @@ pub fn run_checks(cx: &Context<'_>) -> Vec<CheckLine> {
                 )
             }
         }
-        Ok(state) => CheckLine::fail(
+        Ok(State::NotDiverted) => CheckLine::fail(
             "diversion",
-            format!("{} is not diverted ({state:?})", diversion.qemu.display()),
+            format!(
+                "{} is the real qemu: GPU VMs start without the wrapper",
+                diversion.qemu.display()
+            ),
             "run `gpu-passthrough divert`",
+        ),
+        Ok(State::Overwritten) => CheckLine::fail(
+            "diversion",
+            format!(
+                "{} is a real qemu again beside {}: a qemu-kvm update replaced the wrapper",
+                diversion.qemu.display(),
+                diversion.orig.display()
+            ),
+            "run `gpu-passthrough divert` (the RPM's trigger does it after qemu-kvm updates)",
+        ),
+        Ok(State::WrapperWithoutOrig) => CheckLine::fail(
+            "diversion",
+            format!(
+                "{} is the wrapper but the real qemu {} is missing: no VM can start",
+                diversion.qemu.display(),
+                diversion.orig.display()
+            ),
+            "reinstall qemu (dnf reinstall qemu-kvm-core), then run `gpu-passthrough divert`",
+        ),
+        Ok(State::QemuMissing { .. }) => CheckLine::fail(
+            "diversion",
+            format!(
+                "{} does not exist: qemu-kvm is not installed",
+                diversion.qemu.display()
+            ),
+            "install qemu-kvm (dnf install qemu-kvm-core), then run `gpu-passthrough divert`",
         ),
         Err(e) => CheckLine::fail(
             "diversion",

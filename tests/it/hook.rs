@@ -311,7 +311,11 @@ fn unmanaged_devices_must_already_be_on_vfio_pci() {
     assert_refused(
         &out,
         "vm1",
-        &["managed='no'", "bound to 'nouveau'", "--gpu 10de:1b02"],
+        &[
+            "managed='no'",
+            "bound to 'nouveau'",
+            "`gpu-passthrough install` binds every function",
+        ],
     );
     // The audio function is on vfio-pci, so it alone is fine.
     assert!(
@@ -542,7 +546,7 @@ fn check_xml_prints_a_report() {
         "domain 'vm1' (Nova instance 'gpu-worker-1', project 'climate-lab'):\n\
          PASS iommu: the IOMMU is on\n\
          PASS device: 0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp]): present\n\
-         FAIL iommu-group: 0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp]): IOMMU group 30 is not viable: 0000:18:00.1 (10de:10ef NVIDIA Corporation GP102 HDMI Audio Controller) is in the same group and bound to the host driver 'snd_hda_intel'. Fix: pass 0000:18:00.1 through to this VM as well (a <hostdev>; for Nova, an alias for it in the flavor), or bind it to vfio-pci (`gpu-passthrough install --gpu 10de:10ef`); if the host needs that device, move the card to a slot with its own IOMMU group\n\
+         FAIL iommu-group: 0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp]): IOMMU group 30 is not viable: 0000:18:00.1 (10de:10ef NVIDIA Corporation GP102 HDMI Audio Controller) is in the same group and bound to the host driver 'snd_hda_intel'. Fix: pass 0000:18:00.1 through to this VM as well (a <hostdev>; for Nova, an alias for it in the flavor), or, if it is a function of the GPU's card, bind it to vfio-pci (`gpu-passthrough install` does so at boot); if the host needs that device, move the card to a slot with its own IOMMU group\n\
          PASS memory: 16.0 GiB can be pinned: MemTotal 64.0 GiB - reserved 4.0 GiB - 0 MiB pinned by 0 running VM(s) with host devices = 60.0 GiB\n\
          1 FAIL, 0 WARN: the hook would refuse to start it\n"
     );

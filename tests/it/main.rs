@@ -1,6 +1,7 @@
 mod e2e;
 mod hook;
 mod host_model;
+mod host_shapes;
 mod installer;
 mod prometheus;
 mod qmp;

@@ -35,8 +35,11 @@ pub fn bin(name: &str) -> PathBuf {
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
         .expect("workspace");
+    // Only src/ goes into a binary: a package's own tests/ and benches/ do not.
     for dir in [crate_dir, "host-model"] {
-        if let Some(newer) = newest_source(&workspace.join(dir)).filter(|(t, _)| *t > built) {
+        if let Some(newer) =
+            newest_source(&workspace.join(dir).join("src")).filter(|(t, _)| *t > built)
+        {
             panic!(
                 "{} is older than {}: {fix}",
                 path.display(),
