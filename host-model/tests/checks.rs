@@ -293,3 +293,194 @@ fn without_the_iommu_groups_are_not_checked_and_names_degrade_gracefully() {
         ]
     );
 }
+
+/// A domain of `memory_gib` with one GPU and `extra` inside <domain>.
+fn gpu_domain(memory_gib: u64, extra: &str) -> String {
+    format!(
+        "<domain type='kvm'><name>vm1</name><uuid>u-1</uuid><memory unit='GiB'>{memory_gib}</memory>\
+         {extra}<devices>{}</devices></domain>",
+        hostdev("0000:18:00.0", true)
+    )
+}
+
+/// The memory findings only (every other check passes on this host).
+fn memory_lines(host: &HostRoot, xml: &str) -> Vec<String> {
+    let (_, lines) = report(host, xml, Severity::Pass);
+    lines
+        .into_iter()
+        .filter(|l| {
+            ["memory:", "hard-limit:", "hugepages:", "balloon:"]
+                .iter()
+                .any(|c| {
+                    l.split_once(' ')
+                        .is_some_and(|(_, rest)| rest.starts_with(c))
+                })
+        })
+        .collect()
+}
+
+#[test]
+fn memory_is_what_is_left_after_the_reserve_and_the_running_pinners() {
+    let host = host();
+    host.running(
+        "a",
+        &domain("a", "u-a", &[("0000:5e:00.0", true)]).replace(
+            "<memory unit='GiB'>8</memory>",
+            "<memory unit='GiB'>20</memory>",
+        ),
+    );
+    host.running(
+        "b",
+        &domain("b", "u-b", &[("0000:86:00.0", true)]).replace(
+            "<memory unit='GiB'>8</memory>",
+            "<memory unit='GiB'>10</memory>",
+        ),
+    );
+    // No host devices: pins nothing.
+    host.running(
+        "c",
+        &domain("c", "u-c", &[]).replace(
+            "<memory unit='GiB'>8</memory>",
+            "<memory unit='GiB'>30</memory>",
+        ),
+    );
+    // 64 - 4 - 30 = 30 GiB: exactly 30 fits, 31 does not.
+    let sum = "MemTotal 64.0 GiB - reserved 4.0 GiB - 30.0 GiB pinned by 2 running VM(s) with host devices (a, b) = 30.0 GiB";
+    assert_eq!(
+        memory_lines(&host, &gpu_domain(30, "")),
+        [format!("PASS memory: 30.0 GiB can be pinned: {sum}")]
+    );
+    assert_eq!(
+        memory_lines(&host, &gpu_domain(31, "")),
+        [format!("FAIL memory: the host cannot pin this VM's 31.0 GiB: VFIO locks all of a VM's memory, and {sum}. Fix: stop a VM with host devices, give this VM less memory, or lower [hook] reserved_host_memory_mib (for Nova: ram_allocation_ratio = 1.0 and reserved_host_memory_mb keep the scheduler from overcommitting GPU hosts)")]
+    );
+    std::fs::remove_file(host.path("proc/meminfo")).expect("rm");
+    assert_eq!(
+        memory_lines(&host, &gpu_domain(1, "")),
+        [format!("FAIL memory: cannot read the host's memory size: cannot read {}: No such file or directory (os error 2). Fix: check that /proc is mounted and readable", host.path("proc/meminfo").display())]
+    );
+}
+
+#[test]
+fn the_hard_limit_must_leave_a_gib_above_memory_and_a_balloon_only_warns() {
+    let host = host();
+    let limit = |kib: u64| format!("<memtune><hard_limit unit='KiB'>{kib}</hard_limit></memtune>");
+    let pinned = "PASS memory: 8.0 GiB can be pinned: MemTotal 64.0 GiB - reserved 4.0 GiB - 0 MiB pinned by 0 running VM(s) with host devices = 60.0 GiB";
+    assert_eq!(
+        memory_lines(&host, &gpu_domain(8, &limit(9 << 20))),
+        [
+            pinned.to_owned(),
+            "PASS hard-limit: <memtune><hard_limit> 9.0 GiB leaves room above memory + 1 GiB"
+                .to_owned()
+        ]
+    );
+    assert_eq!(
+        memory_lines(&host, &gpu_domain(8, &limit((9 << 20) - 1))),
+        [pinned.to_owned(), "FAIL hard-limit: <memtune><hard_limit> is 9437183 KiB, below memory + 1 GiB = 9437184 KiB: QEMU would be killed or fail to lock guest memory. Fix: raise hard_limit to at least 9437184 KiB or remove it (for Nova: the quota:memory_hard_limit flavor property)".to_owned()]
+    );
+    let balloon = "<currentMemory unit='GiB'>6</currentMemory>";
+    let xml =
+        gpu_domain(8, balloon).replace("</devices>", "<memballoon model='virtio'/></devices>");
+    assert_eq!(
+        memory_lines(&host, &xml),
+        [
+            pinned.to_owned(),
+            "WARN balloon: the VM has a virtio memory balloon, which cannot give memory back: VFIO pins all of it. Fix: nothing needed (Nova before 32.0 cannot remove it); <memballoon model='none'/> where you write the XML yourself".to_owned(),
+            "WARN balloon: <currentMemory> 6.0 GiB is below <memory> 8.0 GiB: VFIO pins the full 8.0 GiB anyway. Fix: set <currentMemory> equal to <memory> to plan with what is really used".to_owned(),
+        ]
+    );
+    let equal = gpu_domain(8, "<currentMemory unit='GiB'>8</currentMemory>");
+    assert_eq!(memory_lines(&host, &equal), [pinned]);
+}
+
+#[test]
+fn huge_pages_come_from_the_pool_and_nodes_each_guest_cell_maps_to() {
+    let host = host();
+    let pool = |rel: &str, free: u32| {
+        integration_tests::write_file(&host.sysfs().root().join(rel), format!("{free}\n"));
+    };
+    pool("kernel/mm/hugepages/hugepages-1048576kB/free_hugepages", 12);
+    pool(
+        "devices/system/node/node0/hugepages/hugepages-1048576kB/free_hugepages",
+        4,
+    );
+    pool(
+        "devices/system/node/node1/hugepages/hugepages-1048576kB/free_hugepages",
+        8,
+    );
+    pool("kernel/mm/hugepages/hugepages-2048kB/free_hugepages", 1000);
+    let pinned = "PASS memory: 8.0 GiB can be pinned: MemTotal 64.0 GiB - reserved 4.0 GiB - 0 MiB pinned by 0 running VM(s) with host devices = 60.0 GiB";
+    let hugepages =
+        |pages: &str| format!("<memoryBacking><hugepages>{pages}</hugepages></memoryBacking>");
+    let cells = "<cpu><numa><cell id='0' cpus='0-3' memory='4' unit='GiB'/><cell id='1' cpus='4-7' memory='4' unit='GiB'/></numa></cpu>";
+    let cases: Vec<(&str, String, Vec<String>)> = vec![
+        (
+            "1 GiB pages anywhere: 8 of 12 free",
+            gpu_domain(8, &hugepages("<page size='1' unit='G'/>")),
+            vec!["PASS hugepages: 8 huge pages of 1.0 GiB needed, 12 free".into()],
+        ),
+        (
+            "the default size (2 MiB): 4096 of 1000 free",
+            gpu_domain(8, &hugepages("")),
+            vec![format!("FAIL hugepages: the VM needs 4096 free huge pages of 2 MiB, the host has 1000. Fix: reserve more: raise nr_hugepages of the hugepages-2048kB pool ({}) (or hugepages= on the kernel command line), or stop a VM that uses them", host.sysfs().root().join("kernel/mm/hugepages/hugepages-2048kB").display())],
+        ),
+        (
+            "exactly as many free as needed, on host node 1 by <numatune>",
+            gpu_domain(8, &format!("{}<numatune><memory mode='strict' nodeset='1'/></numatune>", hugepages("<page size='1' unit='G'/>"))),
+            vec!["PASS hugepages: 8 huge pages of 1.0 GiB needed, 8 free on host NUMA node(s) 1".into()],
+        ),
+        (
+            "two guest cells, each on its own host node: cell 0 needs 4 of node 0's 4, cell 1 4 of node 1's 8",
+            gpu_domain(8, &format!("{cells}{}<numatune><memnode cellid='0' mode='strict' nodeset='0'/><memnode cellid='1' mode='strict' nodeset='1'/></numatune>", hugepages("<page size='1' unit='G'/>"))),
+            vec![
+                "PASS hugepages: 4 huge pages of 1.0 GiB needed, 4 free on host NUMA node(s) 0 (guest cell(s) 0)".into(),
+                "PASS hugepages: 4 huge pages of 1.0 GiB needed, 8 free on host NUMA node(s) 1 (guest cell(s) 1)".into(),
+            ],
+        ),
+        (
+            "both cells on node 0: 8 needed, 4 free there",
+            gpu_domain(8, &format!("{cells}{}<numatune><memory mode='strict' nodeset='0'/></numatune>", hugepages("<page size='1' unit='G'/>"))),
+            vec![format!("FAIL hugepages: the VM needs 8 free huge pages of 1.0 GiB on host NUMA node(s) 0 (guest cell(s) 0,1), the host has 4. Fix: reserve more: raise nr_hugepages of the hugepages-1048576kB pool on node(s) 0 ({}) (or hugepages= on the kernel command line), or stop a VM that uses them", host.sysfs().root().join("devices/system/node/node0/hugepages/hugepages-1048576kB").display())],
+        ),
+        (
+            "cell 1 names 2 MiB pages, the rest (cell 0) 1 GiB ones",
+            gpu_domain(8, &format!("{cells}{}", hugepages("<page size='2' unit='M' nodeset='1'/><page size='1' unit='G'/>"))),
+            vec![
+                format!("FAIL hugepages: the VM needs 2048 free huge pages of 2 MiB, the host has 1000. Fix: reserve more: raise nr_hugepages of the hugepages-2048kB pool ({}) (or hugepages= on the kernel command line), or stop a VM that uses them", host.sysfs().root().join("kernel/mm/hugepages/hugepages-2048kB").display()),
+                // Page sizes in order: the 1 GiB pages after the 2 MiB ones.
+                "PASS hugepages: 4 huge pages of 1.0 GiB needed, 12 free".into(),
+            ],
+        ),
+        (
+            "a pool the host does not have",
+            gpu_domain(8, &hugepages("<page size='16' unit='G'/>")),
+            vec![format!("FAIL hugepages: the VM asks for huge pages of 16.0 GiB, and the host has no such pool: cannot read {}: No such file or directory (os error 2). Fix: reserve them: hugepagesz=16G hugepages=N on the kernel command line", host.sysfs().root().join("kernel/mm/hugepages/hugepages-16777216kB/free_hugepages").display())],
+        ),
+        (
+            "a nodeset that is no set",
+            gpu_domain(8, &hugepages("<page size='1' unit='G' nodeset='^1'/>")),
+            vec!["FAIL hugepages: <page nodeset='^1'> is not a set of guest NUMA cells. Fix: write the nodeset as libvirt does, e.g. 0 or 0-1,3".into()],
+        ),
+    ];
+    for (what, xml, expected) in cases {
+        let mut want = vec![pinned.to_owned()];
+        want.extend(expected);
+        assert_eq!(memory_lines(&host, &xml), want, "{what}");
+    }
+    // Without a default huge page size, a <page> without a size cannot be met.
+    write_file_meminfo_without_hugepagesize(&host);
+    assert_eq!(
+        memory_lines(&host, &gpu_domain(8, &hugepages(""))),
+        [
+            pinned.to_owned(),
+            "FAIL hugepages: the VM asks for huge pages of the default size, and the host has none. Fix: reserve huge pages (hugepagesz=1G hugepages=N on the kernel command line)".to_owned()
+        ]
+    );
+}
+
+fn write_file_meminfo_without_hugepagesize(host: &HostRoot) {
+    integration_tests::write_file(
+        &host.path("proc/meminfo"),
+        "MemTotal:       67108864 kB\nMemFree:        1024 kB\n",
+    );
+}

@@ -220,10 +220,10 @@ pub(super) fn check_memory(
                 "hard-limit",
                 None,
                 format!(
-                    "<memtune><hard_limit> is {}, below memory + 1 GiB = {}: QEMU would be \
-                     killed or fail to lock guest memory",
-                    human(limit),
-                    human(needed)
+                    "<memtune><hard_limit> is {} KiB, below memory + 1 GiB = {} KiB: QEMU \
+                     would be killed or fail to lock guest memory",
+                    limit / 1024,
+                    needed / 1024
                 ),
                 format!(
                     "raise hard_limit to at least {} KiB or remove it (for Nova: the \
