@@ -794,4 +794,65 @@ mod tests {
         assert_eq!(e.message, "a PCI <hostdev> has no <source><address>");
         assert_eq!(e.line, 2);
     }
+
+    fn xml_error(line: usize, column: usize, message: &str) -> XmlError {
+        XmlError {
+            line,
+            column,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn one_root_element_and_no_text_beside_it_each_error_where_it_is() {
+        let cases = [
+            (
+                "<domain><name>x</name></domain>\n\n  <domain/>",
+                xml_error(3, 3, "content after the document's end"),
+            ),
+            (
+                "<domain/><domain><name>y</name></domain>",
+                xml_error(1, 10, "content after the document's end"),
+            ),
+            (
+                // Columns count characters, not bytes.
+                "<domain><name>\u{e9}t\u{e9}</name></domain><x/>",
+                xml_error(1, 34, "content after the document's end"),
+            ),
+            (
+                "x<domain/>",
+                xml_error(1, 1, "text outside the root element"),
+            ),
+            (
+                "<domain/>\ntrailing",
+                xml_error(2, 1, "text outside the root element"),
+            ),
+        ];
+        for (xml, expected) in cases {
+            assert_eq!(Domain::from_xml(xml).expect_err(xml), expected, "{xml}");
+        }
+        // Whitespace around the root is no text.
+        let d = Domain::from_xml("\n  <domain><name>x</name><memory>1</memory></domain>\n  ")
+            .expect("whitespace only");
+        assert_eq!(d.name, "x");
+    }
+
+    #[test]
+    fn attributes_of_other_namespaces_are_not_libvirts() {
+        let d = Domain::from_xml(
+            "<domain xmlns:x='urn:x'><name>x</name><memory>1</memory><devices>\
+             <hostdev x:managed='yes' mode='subsystem' type='pci'><source>\
+             <address domain='0x0000' bus='0x18' slot='0x00' function='0x0'/></source></hostdev>\
+             </devices></domain>",
+        )
+        .expect("parse");
+        assert_eq!(
+            d.hostdevs,
+            vec![Hostdev {
+                address: "0000:18:00.0".parse().expect("address"),
+                managed: false,
+                kind: HostdevKind::Hostdev,
+            }]
+        );
+    }
 }

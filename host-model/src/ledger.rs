@@ -845,4 +845,68 @@ mod tests {
         );
         assert_eq!(gpu_address(&gpu("18:00")), None);
     }
+
+    #[test]
+    fn keys_by_name_and_every_key_field_of_a_full_record() {
+        let names: Vec<&str> = Key::ALL.iter().map(|k| k.name()).collect();
+        assert_eq!(
+            names,
+            ["project", "user", "flavor", "model", "instance", "gpu"]
+        );
+        for key in Key::ALL {
+            assert_eq!(Key::named(key.name()), Some(key));
+        }
+        assert_eq!(Key::named("projects"), None);
+        assert_eq!(Key::named(""), None);
+
+        let gpu = |address: &str, device: &str, model: &str| GpuRef {
+            address: address.into(),
+            vendor_id: "10de".into(),
+            device_id: device.into(),
+            model: Some(model.into()),
+        };
+        let mut start = rec("2026-11-01T00:00:00Z", Event::Start, "instance-0000002a");
+        start.instance_id = Some("uuid-2a".into());
+        start.instance_name = Some("worker-1".into());
+        start.user_id = Some("u1".into());
+        start.user_name = Some("alice".into());
+        start.flavor_name = Some("g2.mixed".into());
+        start.gpus = vec![
+            gpu("0000:18:00.0", "1b02", "TITAN Xp"),
+            gpu("0000:3b:00.0", "1eb8", "Tesla T4"),
+        ];
+        let mut stop = start.clone();
+        stop.event = Event::Stop;
+        stop.ts = "2026-11-01T01:30:00Z".into();
+        let rows = usage(
+            &[start, stop],
+            &Key::ALL,
+            t("2026-11-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            t("2026-11-02T00:00:00Z"),
+        );
+        let got: Vec<(Fields, f64)> = rows.into_iter().map(|r| (r.fields, r.gpu_hours)).collect();
+        let fields = |address: &str, device: &str, model: &str| -> Fields {
+            vec![
+                ("project_id", Some("p".into())),
+                ("project_name", Some("proj".into())),
+                ("user_id", Some("u1".into())),
+                ("user_name", Some("alice".into())),
+                ("flavor_name", Some("g2.mixed".into())),
+                ("vendor_id", Some("10de".into())),
+                ("device_id", Some(device.into())),
+                ("model", Some(model.into())),
+                ("instance_id", Some("uuid-2a".into())),
+                ("instance_name", Some("worker-1".into())),
+                ("address", Some(address.into())),
+            ]
+        };
+        assert_eq!(
+            got,
+            vec![
+                (fields("0000:18:00.0", "1b02", "TITAN Xp"), 1.5),
+                (fields("0000:3b:00.0", "1eb8", "Tesla T4"), 1.5),
+            ]
+        );
+    }
 }
