@@ -909,4 +909,42 @@ mod tests {
             ]
         );
     }
+
+    #[test]
+    fn time_outside_the_window_counts_nothing_and_a_start_now_counts_zero() {
+        let gpu = GpuRef {
+            address: "0000:18:00.0".into(),
+            vendor_id: "10de".into(),
+            device_id: "1b02".into(),
+            model: None,
+        };
+        let mut before = rec("2026-10-31T20:00:00Z", Event::Start, "early");
+        before.gpus = vec![gpu.clone()];
+        let mut before_stop = before.clone();
+        before_stop.event = Event::Stop;
+        before_stop.ts = "2026-10-31T22:00:00Z".into();
+        let mut now = rec("2026-11-01T12:00:00Z", Event::Start, "just-now");
+        now.gpus = vec![gpu];
+        now.project_id = Some("q".into());
+        let rows = usage(
+            &[before, before_stop, now],
+            &[Key::Project],
+            t("2026-11-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            t("2026-11-01T12:00:00Z"),
+        );
+        let got: Vec<(Fields, f64)> = rows.into_iter().map(|r| (r.fields, r.gpu_hours)).collect();
+        // No row for the interval before the window; a row of 0 hours for the VM that
+        // started this instant (its counter series starts at zero).
+        assert_eq!(
+            got,
+            vec![(
+                vec![
+                    ("project_id", Some("q".into())),
+                    ("project_name", Some("proj".into()))
+                ],
+                0.0
+            )]
+        );
+    }
 }

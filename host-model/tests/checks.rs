@@ -484,3 +484,89 @@ fn write_file_meminfo_without_hugepagesize(host: &HostRoot) {
         "MemTotal:       67108864 kB\nMemFree:        1024 kB\n",
     );
 }
+
+#[test]
+fn bookings_are_checked_for_nova_gpu_domains_as_the_mode_says() {
+    use host_model::checks::check_bookings;
+    use host_model::config::{BookingsConfig, BookingsMode};
+    use integration_tests::host::BOOKINGS;
+    let host = host();
+    let bookings = host.path(BOOKINGS);
+    integration_tests::write_file(
+        &bookings,
+        r#"{"bookings": [
+          {"id": "t", "project": "climate", "gpu": "0000:18:00.0", "start": "2026-11-01T00:00:00Z", "end": "2026-11-02T00:00:00Z"},
+          {"id": "next", "project": "climate", "gpu": "0000:18:00.0", "start": "2026-11-05T00:00:00Z", "end": "2026-11-06T00:00:00Z"}
+        ]}"#,
+    );
+    let nova = "<metadata><nova:instance xmlns:nova='http://openstack.org/xmlns/libvirt/nova/1.1'>\
+                <nova:owner><nova:user uuid='u1'>alice</nova:user><nova:project uuid='p1'>climate</nova:project>\
+                </nova:owner></nova:instance></metadata>";
+    let titan = Domain::from_xml(&gpu_domain(8, nova)).expect("domain");
+    let plain = Domain::from_xml(&gpu_domain(8, "")).expect("domain");
+    let config = |mode| BookingsConfig {
+        mode,
+        file: bookings.clone(),
+        match_user: false,
+    };
+    let lines = |findings: Option<Vec<host_model::checks::Finding>>| {
+        let mut names = host_model::checks::DeviceNames::new(&paths(&host));
+        findings.map(|f| f.iter().map(|f| f.line(&mut names)).collect::<Vec<_>>())
+    };
+    let at = |t: &str| t.parse::<jiff::Timestamp>().expect("time");
+    let check = |domain: &Domain, mode, now: &str| {
+        lines(check_bookings(
+            domain,
+            &paths(&host),
+            &config(mode),
+            &bookings,
+            None,
+            "gpu-node-1",
+            at(now),
+        ))
+    };
+    let titan_xp = "0000:18:00.0 (10de:1b02 NVIDIA Corporation GP102 [TITAN Xp])";
+    let uncovered = |severity: &str| {
+        Some(vec![format!(
+            "{severity} booking: {titan_xp}: project 'climate' has no booking that covers this GPU now: none of the project's bookings for it covers now. Fix: start it within a booking of the project; its next one that would cover it: next (climate, 0000:18:00.0, 2026-11-05T00:00:00Z to 2026-11-06T00:00:00Z)"
+        )])
+    };
+    assert_eq!(
+        check(&titan, BookingsMode::Enforce, "2026-11-01T12:00:00Z"),
+        Some(vec![])
+    );
+    assert_eq!(
+        check(&titan, BookingsMode::Enforce, "2026-11-03T00:00:00Z"),
+        uncovered("FAIL")
+    );
+    assert_eq!(
+        check(&titan, BookingsMode::Warn, "2026-11-03T00:00:00Z"),
+        uncovered("WARN")
+    );
+    assert_eq!(
+        check(&titan, BookingsMode::Off, "2026-11-03T00:00:00Z"),
+        Some(vec![])
+    );
+    // Not Nova's: not subject to bookings.
+    assert_eq!(
+        check(&plain, BookingsMode::Enforce, "2026-11-03T00:00:00Z"),
+        None
+    );
+    // A broken file refuses (enforce) or warns (warn), naming it.
+    integration_tests::write_file(&bookings, "{\"bookings\": [");
+    assert_eq!(
+        check(&titan, BookingsMode::Warn, "2026-11-03T00:00:00Z"),
+        Some(vec![format!(
+            "WARN booking: the bookings file cannot be used, so no GPU start can be checked: {}: line 1, column 14: EOF while parsing a list; expected {{\"bookings\": [{{\"id\", \"project\", \"start\", \"end\", ...}}]}}. Fix: correct {} (or write it again: `gpu-passthrough bookings import`)",
+            bookings.display(),
+            bookings.display()
+        )])
+    );
+    let enforce = check(&titan, BookingsMode::Enforce, "2026-11-03T00:00:00Z").expect("nova");
+    assert_eq!(enforce.len(), 1);
+    assert!(
+        enforce[0].starts_with("FAIL booking: the bookings file cannot be used")
+            && enforce[0].ends_with(", or set [bookings] mode = \"warn\""),
+        "{enforce:?}"
+    );
+}

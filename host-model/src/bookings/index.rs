@@ -213,4 +213,52 @@ mod tests {
         let e = build(&path).expect_err("broken");
         assert!(e.message.contains("missing field `project`"), "{e}");
     }
+
+    #[test]
+    fn a_table_out_of_order_empty_or_past_the_files_end_describes_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("bookings.json");
+        let text = file_of(&[booking("a", "p1"), booking("b", "p2")]);
+        std::fs::write(&path, &text).expect("write");
+        let (bytes, _) = build(&path).expect("index");
+        let meta = std::fs::metadata(&path).expect("stat");
+        let head = bytes.len() - 16;
+        let spans = read(&bytes, &meta).expect("as built");
+        let [(s1, e1), (s2, e2)] = spans[..] else {
+            panic!("two spans: {spans:?}")
+        };
+        let size = text.len();
+        let with = |table: [(usize, usize); 2]| {
+            let mut b = bytes[..head].to_vec();
+            for (s, e) in table {
+                b.extend((s as u32).to_le_bytes());
+                b.extend((e as u32).to_le_bytes());
+            }
+            b
+        };
+        for (what, table, ok) in [
+            ("as built", [(s1, e1), (s2, e2)], true),
+            (
+                "the second before the first's end",
+                [(s1, e1), (e1 - 1, e2)],
+                false,
+            ),
+            ("out of order", [(s2, e2), (s1, e1)], false),
+            ("an empty span", [(s1, e1), (s2, s2)], false),
+            ("a span turned around", [(s1, e1), (e2, s2)], false),
+            ("to the file's very end", [(s1, e1), (s2, size)], true),
+            ("past the file's end", [(s1, e1), (s2, size + 1)], false),
+            ("the first at the file's start", [(0, e1), (s2, e2)], true),
+        ] {
+            assert_eq!(read(&with(table), &meta).is_some(), ok, "{what}");
+        }
+
+        // A span that does not end a booking's object: the file is not the one indexed.
+        let ix = dir.path().join(INDEX_FILE);
+        std::fs::write(&ix, with([(s1, e1), (s2, e2 - 1)])).expect("write index");
+        let file = File::open(&path).expect("open");
+        assert_eq!(load_indexed(&file, &meta, &ix, &["p2"]), None);
+        std::fs::write(&ix, with([(s1 + 1, e1), (s2, e2)])).expect("write index");
+        assert_eq!(load_indexed(&file, &meta, &ix, &["p1"]), None);
+    }
 }

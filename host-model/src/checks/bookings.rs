@@ -45,9 +45,13 @@ pub fn check_bookings(
                 None,
                 format!("the bookings file cannot be used, so no GPU start can be checked: {e}"),
                 format!(
-                    "correct {} (or write it again: `gpu-passthrough bookings import`), or set \
-                     [bookings] mode = \"warn\"",
-                    bookings_file.display()
+                    "correct {} (or write it again: `gpu-passthrough bookings import`){}",
+                    bookings_file.display(),
+                    if severity == Severity::Fail {
+                        ", or set [bookings] mode = \"warn\""
+                    } else {
+                        ""
+                    }
                 ),
             )])
         }
