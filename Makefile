@@ -56,19 +56,15 @@ bench: build
 	$(CARGO) bench -p integration-tests --bench hook --locked
 	$(CARGO) bench -p integration-tests --bench usage --locked
 
-# cargo-mutants changes the code one mutant at a time and runs the package's own tests
-# (unit and property tests) against each: a mutant they do not catch is a test
-# missing. The wrapper's main.rs and the binaries' use of host-model are judged by the
-# integration tests (tests/it), which run the built binaries; cargo-mutants 27 runs
-# only the mutated package's tests here, so their mutants show as missed. MUTANTS_ARGS
-# passes options on, e.g. MUTANTS_ARGS="--shard 1/4" or "--file host-model/src/pci.rs".
-# Results: target/mutants/PACKAGE/mutants.out/.
+# Mutation testing of qemu-wrapper and host-model (scripts/mutants): cargo-mutants
+# changes the code one mutant at a time and runs the package's own tests; the
+# wrapper's main.rs mutants are judged by tests/it/wrapper.rs (scripts/
+# mutants-wrapper-main). Prints the share of viable mutants caught. MUTANTS_ARGS goes
+# to cargo-mutants, e.g. MUTANTS_ARGS="--file host-model/src/pci.rs".
+# Results: target/mutants/.
 MUTANTS_ARGS ?=
 mutants:
-	command -v cargo-mutants >/dev/null || $(CARGO) install --locked cargo-mutants
-	$(CARGO) build --workspace --locked
-	$(CARGO) mutants --no-shuffle -p qemu-wrapper -o target/mutants/qemu-wrapper $(MUTANTS_ARGS)
-	$(CARGO) mutants --no-shuffle -p host-model -o target/mutants/host-model $(MUTANTS_ARGS)
+	scripts/mutants $(MUTANTS_ARGS)
 
 # Installs what BIN_DIR holds; builds nothing (the spec builds first, or packages
 # prebuilt binaries). The man pages come from the CLI's own definition (clap_mangen).

@@ -947,4 +947,78 @@ mod tests {
             )]
         );
     }
+
+    #[test]
+    fn refusals_count_in_the_window_and_without_gpus_too() {
+        let refused = |ts: &str| {
+            let mut r = rec(ts, Event::Refused, "r");
+            r.checks = Some(vec!["memory".into()]);
+            r
+        };
+        let records = vec![
+            refused("2026-10-31T23:59:59Z"),
+            refused("2026-11-01T00:00:00Z"),
+            refused("2026-11-30T23:59:59Z"),
+            refused("2026-12-01T00:00:00Z"),
+        ];
+        // By GPU, for records without GPUs (a refusal before any GPU was read).
+        let rows = usage(
+            &records,
+            &[Key::Gpu],
+            t("2026-11-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            t("2026-12-02T00:00:00Z"),
+        );
+        type Row = (Fields, u64, Vec<(String, u64)>);
+        let got: Vec<Row> = rows
+            .into_iter()
+            .map(|r| {
+                (
+                    r.fields,
+                    r.refusals,
+                    r.refusals_by_check.into_iter().collect(),
+                )
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![(
+                vec![("address", None), ("model", None)],
+                2,
+                vec![("memory".into(), 2)]
+            )]
+        );
+    }
+
+    #[test]
+    fn the_open_intervals_of_a_tally_oldest_first() {
+        let mut tally = Tally::new(
+            &[Key::Project],
+            t("2026-11-01T00:00:00Z"),
+            t("2026-12-01T00:00:00Z"),
+            t("2026-11-02T00:00:00Z"),
+        );
+        for (ts, event, domain) in [
+            ("2026-11-01T01:00:00Z", Event::Start, "b"),
+            ("2026-11-01T01:00:00Z", Event::Start, "a"),
+            ("2026-11-01T00:30:00Z", Event::Running, "c"),
+            ("2026-11-01T02:00:00Z", Event::Start, "d"),
+            ("2026-11-01T03:00:00Z", Event::Stop, "d"),
+        ] {
+            tally.feed(t(ts), rec(ts, event, domain));
+        }
+        let open: Vec<(Timestamp, &str)> = tally
+            .open()
+            .into_iter()
+            .map(|(at, r)| (at, r.domain.as_str()))
+            .collect();
+        assert_eq!(
+            open,
+            vec![
+                (t("2026-11-01T00:30:00Z"), "c"),
+                (t("2026-11-01T01:00:00Z"), "a"),
+                (t("2026-11-01T01:00:00Z"), "b"),
+            ]
+        );
+    }
 }
