@@ -656,14 +656,14 @@ mod tests {
             ("0000:18:00.1", 0x10ef, 0x040300),
             ("0000:3b:00.0", 0x1eb8, 0x030200),
         ] {
-            sysfs.add(&PciFunction {
+            sysfs.add(&PciFunction::new(
                 address,
-                vendor: 0x10de,
+                0x10de,
                 device,
                 class,
-                driver: Some("vfio-pci"),
-                iommu_group: Some(30),
-            });
+                Some("vfio-pci"),
+                Some(30),
+            ));
         }
         let ids = dir.path().join("pci.ids");
         std::fs::write(&ids, "10de  NVIDIA Corporation\n\t1b02  GP102 [TITAN Xp]\n").expect("ids");

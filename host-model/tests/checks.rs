@@ -10,24 +10,6 @@ use integration_tests::PciFunction;
 
 const GIB: u64 = 1 << 30;
 
-fn f<'a>(
-    address: &'a str,
-    vendor: u16,
-    device: u16,
-    class: u32,
-    driver: Option<&'a str>,
-    group: Option<u32>,
-) -> PciFunction<'a> {
-    PciFunction {
-        address,
-        vendor,
-        device,
-        class,
-        driver,
-        iommu_group: group,
-    }
-}
-
 /// A host with every kind of IOMMU group the checks tell apart:
 /// - 30: a Titan Xp, both functions on vfio-pci;
 /// - 40: a T4 on nouveau, alone;
@@ -38,7 +20,7 @@ fn f<'a>(
 fn host() -> HostRoot {
     let host = HostRoot::new();
     for func in [
-        f(
+        PciFunction::new(
             "0000:18:00.0",
             0x10de,
             0x1b02,
@@ -46,7 +28,7 @@ fn host() -> HostRoot {
             Some("vfio-pci"),
             Some(30),
         ),
-        f(
+        PciFunction::new(
             "0000:18:00.1",
             0x10de,
             0x10ef,
@@ -54,7 +36,7 @@ fn host() -> HostRoot {
             Some("vfio-pci"),
             Some(30),
         ),
-        f(
+        PciFunction::new(
             "0000:3b:00.0",
             0x10de,
             0x1eb8,
@@ -62,7 +44,7 @@ fn host() -> HostRoot {
             Some("nouveau"),
             Some(40),
         ),
-        f(
+        PciFunction::new(
             "0000:5e:00.0",
             0x10de,
             0x1e87,
@@ -70,7 +52,7 @@ fn host() -> HostRoot {
             Some("vfio-pci"),
             Some(50),
         ),
-        f(
+        PciFunction::new(
             "0000:5e:00.2",
             0x10de,
             0x1ad8,
@@ -78,7 +60,7 @@ fn host() -> HostRoot {
             Some("xhci_hcd"),
             Some(50),
         ),
-        f(
+        PciFunction::new(
             "0000:86:00.0",
             0x10de,
             0x1eb8,
@@ -86,7 +68,7 @@ fn host() -> HostRoot {
             Some("vfio-pci"),
             Some(60),
         ),
-        f(
+        PciFunction::new(
             "0000:85:00.0",
             0x8086,
             0x2030,
@@ -94,7 +76,7 @@ fn host() -> HostRoot {
             Some("pcieport"),
             Some(60),
         ),
-        f(
+        PciFunction::new(
             "0000:86:00.1",
             0x10de,
             0x10f8,
@@ -102,8 +84,8 @@ fn host() -> HostRoot {
             Some("pci-stub"),
             Some(60),
         ),
-        f("0000:86:00.2", 0x10de, 0x1ad9, 0x0c8000, None, Some(60)),
-        f(
+        PciFunction::new("0000:86:00.2", 0x10de, 0x1ad9, 0x0c8000, None, Some(60)),
+        PciFunction::new(
             "0000:af:00.0",
             0x10de,
             0x1eb8,
@@ -111,7 +93,7 @@ fn host() -> HostRoot {
             Some("vfio-pci"),
             Some(70),
         ),
-        f(
+        PciFunction::new(
             "0000:af:00.1",
             0x10de,
             0x10f8,
@@ -119,7 +101,7 @@ fn host() -> HostRoot {
             Some("vfio-pci"),
             Some(70),
         ),
-        f(
+        PciFunction::new(
             "0000:d8:00.0",
             0x10de,
             0x1eb8,

@@ -63,14 +63,14 @@ fn main() {
     for gpu in 0..8u32 {
         for (function, device, class) in [(0, 0x1eb8, 0x030200), (1, 0x10f8, 0x040300)] {
             let address = format!("0000:{:02x}:00.{function}", 0x18 + gpu * 0x10);
-            sysfs.add(&PciFunction {
-                address: &address,
-                vendor: 0x10de,
+            sysfs.add(&PciFunction::new(
+                &address,
+                0x10de,
                 device,
                 class,
-                driver: Some("vfio-pci"),
-                iommu_group: Some(100 + gpu),
-            });
+                Some("vfio-pci"),
+                Some(100 + gpu),
+            ));
             gpus.push(address);
             count += 1;
         }
@@ -82,14 +82,14 @@ fn main() {
                 break 'outer;
             }
             let address = format!("0000:{bus:02x}:{slot:02x}.7");
-            sysfs.add(&PciFunction {
-                address: &address,
-                vendor: 0x8086,
-                device: 0x1572,
-                class: if slot == 0 { 0x060400 } else { 0x020000 },
-                driver: Some(if slot == 0 { "pcieport" } else { "i40e" }),
-                iommu_group: Some(group),
-            });
+            sysfs.add(&PciFunction::new(
+                &address,
+                0x8086,
+                0x1572,
+                if slot == 0 { 0x060400 } else { 0x020000 },
+                Some(if slot == 0 { "pcieport" } else { "i40e" }),
+                Some(group),
+            ));
             group += 1;
             count += 1;
         }

@@ -18,15 +18,22 @@ const PCI_IDS: &str = "10de  NVIDIA Corporation\n\t1b02  GP102 [TITAN Xp]\n\t10e
 /// 64 GiB of memory, no running domains, an empty config.
 fn titan_host() -> HostRoot {
     let host = HostRoot::new();
-    host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(30));
-    host.function(
+    host.add(&PciFunction::new(
+        GPU,
+        0x10de,
+        0x1b02,
+        0x030000,
+        Some("vfio-pci"),
+        Some(30),
+    ));
+    host.add(&PciFunction::new(
         GPU_AUDIO,
         0x10de,
         0x10ef,
         0x040300,
         Some("vfio-pci"),
         Some(30),
-    );
+    ));
     host.meminfo(64 * GIB);
     std::fs::create_dir_all(host.path(LIBVIRT_RUN)).expect("run dir");
     host.pci_ids(PCI_IDS);
@@ -36,15 +43,6 @@ fn titan_host() -> HostRoot {
 
 /// The hook's calls on a [`HostRoot`].
 trait Hook {
-    fn function(
-        &self,
-        address: &str,
-        vendor: u16,
-        device: u16,
-        class: u32,
-        driver: Option<&str>,
-        iommu_group: Option<u32>,
-    );
     fn hook(&self, args: &[&str]) -> Command;
     fn ledger(&self) -> Vec<serde_json::Value>;
     fn run(&self, args: &[&str], stdin: &str) -> Output;
@@ -52,25 +50,6 @@ trait Hook {
 }
 
 impl Hook for HostRoot {
-    fn function(
-        &self,
-        address: &str,
-        vendor: u16,
-        device: u16,
-        class: u32,
-        driver: Option<&str>,
-        iommu_group: Option<u32>,
-    ) {
-        self.add(&PciFunction {
-            address,
-            vendor,
-            device,
-            class,
-            driver,
-            iommu_group,
-        });
-    }
-
     /// The hook as libvirt starts it, pointed at this root.
     fn hook(&self, args: &[&str]) -> Command {
         let mut c = self.command(&bin("gpu-passthrough-hook"));
@@ -241,14 +220,14 @@ fn a_domain_without_pci_hostdevs_exits_0_at_once() {
 fn an_incomplete_iommu_group_is_refused_with_device_names_and_fix() {
     let host = titan_host();
     // The audio function is still on the host's sound driver.
-    host.function(
+    host.add(&PciFunction::new(
         GPU_AUDIO,
         0x10de,
         0x10ef,
         0x040300,
         Some("snd_hda_intel"),
         Some(30),
-    );
+    ));
     let out = host.prepare("vm1", &domain("vm1", 16, &[(GPU, true)], NOVA_METADATA));
     assert_refused(
         &out,
@@ -269,23 +248,30 @@ fn an_incomplete_iommu_group_is_refused_with_device_names_and_fix() {
 #[test]
 fn bridges_stub_and_driverless_members_keep_a_group_viable() {
     let host = titan_host();
-    host.function(
+    host.add(&PciFunction::new(
         "0000:17:00.0",
         0x8086,
         0x2030,
         0x060400,
         Some("pcieport"),
         Some(30),
-    );
-    host.function(
+    ));
+    host.add(&PciFunction::new(
         "0000:18:00.2",
         0x10de,
         0x1ad6,
         0x0c0330,
         Some("pci-stub"),
         Some(30),
-    );
-    host.function("0000:18:00.3", 0x10de, 0x1ad7, 0x0c8000, None, Some(30));
+    ));
+    host.add(&PciFunction::new(
+        "0000:18:00.3",
+        0x10de,
+        0x1ad7,
+        0x0c8000,
+        None,
+        Some(30),
+    ));
     assert_allowed(&host.prepare("vm1", &domain("vm1", 16, &both_functions(), "")));
 }
 
@@ -303,7 +289,14 @@ fn a_missing_device_is_refused() {
 #[test]
 fn unmanaged_devices_must_already_be_on_vfio_pci() {
     let host = titan_host();
-    host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("nouveau"), Some(30));
+    host.add(&PciFunction::new(
+        GPU,
+        0x10de,
+        0x1b02,
+        0x030000,
+        Some("nouveau"),
+        Some(30),
+    ));
     let out = host.prepare(
         "vm1",
         &domain("vm1", 4, &[(GPU, false), (GPU_AUDIO, false)], ""),
@@ -331,14 +324,14 @@ fn the_iommu_off_is_refused() {
     let host = titan_host();
     // A host booted without the IOMMU: functions without groups, no iommu_groups.
     let bare = FakeSysfs::new(&dir.path().join("sys"));
-    bare.add(&PciFunction {
-        address: GPU,
-        vendor: 0x10de,
-        device: 0x1b02,
-        class: 0x030000,
-        driver: Some("nouveau"),
-        iommu_group: None,
-    });
+    bare.add(&PciFunction::new(
+        GPU,
+        0x10de,
+        0x1b02,
+        0x030000,
+        Some("nouveau"),
+        None,
+    ));
     let out = host
         .hook(&["vm1", "prepare", "begin", "-"])
         .env("GPU_PASSTHROUGH_SYSFS", bare.root())
@@ -393,7 +386,14 @@ fn a_group_member_held_by_another_domain_is_refused() {
 fn memory_the_host_cannot_pin_is_refused() {
     let host = titan_host();
     let t4 = "0000:af:00.0";
-    host.function(t4, 0x10de, 0x1eb8, 0x030200, Some("vfio-pci"), Some(40));
+    host.add(&PciFunction::new(
+        t4,
+        0x10de,
+        0x1eb8,
+        0x030200,
+        Some("vfio-pci"),
+        Some(40),
+    ));
     host.running("big", &domain("big", 48, &[(t4, true)], ""));
     // 64 GiB - 4 GiB reserved - 48 GiB pinned = 12 GiB < 16 GiB.
     let out = host.prepare("vm1", &domain("vm1", 16, &both_functions(), ""));
@@ -529,14 +529,14 @@ fn an_unreadable_status_file_is_a_warning() {
 #[test]
 fn check_xml_prints_a_report() {
     let host = titan_host();
-    host.function(
+    host.add(&PciFunction::new(
         GPU_AUDIO,
         0x10de,
         0x10ef,
         0x040300,
         Some("snd_hda_intel"),
         Some(30),
-    );
+    ));
     let file = host.path("vm1.xml");
     write_file(&file, domain("vm1", 16, &[(GPU, true)], NOVA_METADATA));
     let out = host.run(&["--check-xml", file.to_str().expect("utf-8")], "");
@@ -793,7 +793,14 @@ fn huge_pages_come_from_the_host_node_numatune_names_not_the_guest_cell() {
 #[test]
 fn a_hostdev_without_managed_is_unmanaged_as_in_libvirt() {
     let host = titan_host();
-    host.function(GPU, 0x10de, 0x1b02, 0x030000, Some("nouveau"), Some(30));
+    host.add(&PciFunction::new(
+        GPU,
+        0x10de,
+        0x1b02,
+        0x030000,
+        Some("nouveau"),
+        Some(30),
+    ));
     let xml = domain("vm1", 4, &both_functions(), "").replace(" managed='yes'", "");
     let out = host.prepare("vm1", &xml);
     assert_refused(
@@ -846,7 +853,14 @@ fn memory_units_are_case_insensitive_as_libvirt_reads_them() {
 fn an_interface_hostdev_pins_memory_like_a_hostdev() {
     let host = titan_host();
     let vf = "0000:3b:02.1";
-    host.function(vf, 0x8086, 0x154c, 0x020000, Some("vfio-pci"), Some(60));
+    host.add(&PciFunction::new(
+        vf,
+        0x8086,
+        0x154c,
+        0x020000,
+        Some("vfio-pci"),
+        Some(60),
+    ));
     let sriov = domain("sriov-vm", 48, &[], "").replace(
         "</devices>",
         "  <interface type='hostdev' managed='yes'><mac address='52:54:00:6d:90:02'/>\
@@ -1054,7 +1068,14 @@ fn a_gpu_start_without_a_booking_is_refused_in_enforce_mode_and_logged_in_warn_m
         )],
     );
     let t4 = "0000:af:00.0";
-    host.function(t4, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(40));
+    host.add(&PciFunction::new(
+        t4,
+        0x10de,
+        0x1b02,
+        0x030000,
+        Some("vfio-pci"),
+        Some(40),
+    ));
     host.running(
         "instance-00000001",
         &domain("instance-00000001", 4, &[(t4, true)], NOVA_METADATA).replace(
@@ -1096,7 +1117,14 @@ fn a_gpu_start_without_a_booking_is_refused_in_enforce_mode_and_logged_in_warn_m
 fn overlapping_bookings_add_up_and_the_user_counts_only_with_match_user() {
     let host = titan_host();
     let second = "0000:af:00.0";
-    host.function(second, 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(40));
+    host.add(&PciFunction::new(
+        second,
+        0x10de,
+        0x1b02,
+        0x030000,
+        Some("vfio-pci"),
+        Some(40),
+    ));
     let bookings = host.path(BOOKINGS);
     let config = |match_user: bool| {
         host.config(&format!(

@@ -37,14 +37,14 @@ fn build(description: &Path) -> HostRoot {
                 else {
                     bad()
                 };
-                host.add(&PciFunction {
+                host.add(&PciFunction::new(
                     address,
-                    vendor: u16::try_from(vendor).unwrap_or_else(|_| bad()),
-                    device: u16::try_from(device).unwrap_or_else(|_| bad()),
+                    u16::try_from(vendor).unwrap_or_else(|_| bad()),
+                    u16::try_from(device).unwrap_or_else(|_| bad()),
                     class,
-                    driver: (*driver != "-").then_some(*driver),
-                    iommu_group: (*group != "-").then(|| group.parse().unwrap_or_else(|_| bad())),
-                });
+                    (*driver != "-").then_some(*driver),
+                    (*group != "-").then(|| group.parse().unwrap_or_else(|_| bad())),
+                ));
             }
             _ => bad(),
         }

@@ -23,6 +23,7 @@ fn bare_host() -> HostRoot {
     host
 }
 
+/// A function in IOMMU group `group`.
 fn f<'a>(
     address: &'a str,
     vendor: u16,
@@ -31,14 +32,7 @@ fn f<'a>(
     driver: Option<&'a str>,
     group: u32,
 ) -> PciFunction<'a> {
-    PciFunction {
-        address,
-        vendor,
-        device,
-        class,
-        driver,
-        iommu_group: Some(group),
-    }
+    PciFunction::new(address, vendor, device, class, driver, Some(group))
 }
 
 /// The GPU zoo: Titan Xp (2 functions), T4, RTX 2080 (4 functions), the BMC's ASPEED

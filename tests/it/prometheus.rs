@@ -264,14 +264,14 @@ fn dashboard_panels_and_usage_agree_on_real_prometheus_and_node_exporter() {
         ("0000:3b:00.0", 0x1eb8, 0x030200, 40),
         ("0000:af:00.0", 0x1eb8, 0x030200, 50),
     ] {
-        sysfs.add(&PciFunction {
+        sysfs.add(&PciFunction::new(
             address,
-            vendor: 0x10de,
+            0x10de,
             device,
             class,
-            driver: Some("vfio-pci"),
-            iommu_group: Some(group),
-        });
+            Some("vfio-pci"),
+            Some(group),
+        ));
     }
     // The T4 at 3b runs a degraded link and reported two correctable AER errors.
     let t4 = sysfs.device_dir("0000:3b:00.0");

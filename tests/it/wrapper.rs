@@ -22,23 +22,23 @@ const NIC: &str = "0000:3b:00.0";
 fn gpu_host() -> HostRoot {
     let host = HostRoot::new();
     for (address, device, class) in [(GPU, 0x1b02, 0x030000), (GPU_AUDIO, 0x10ef, 0x040300)] {
-        host.add(&PciFunction {
+        host.add(&PciFunction::new(
             address,
-            vendor: 0x10de,
+            0x10de,
             device,
             class,
-            driver: Some("vfio-pci"),
-            iommu_group: Some(30),
-        });
+            Some("vfio-pci"),
+            Some(30),
+        ));
     }
-    host.add(&PciFunction {
-        address: NIC,
-        vendor: 0x8086,
-        device: 0x1572,
-        class: 0x020000,
-        driver: Some("vfio-pci"),
-        iommu_group: Some(31),
-    });
+    host.add(&PciFunction::new(
+        NIC,
+        0x8086,
+        0x1572,
+        0x020000,
+        Some("vfio-pci"),
+        Some(31),
+    ));
     host.config_with("");
     host
 }
@@ -157,14 +157,14 @@ fn apply_to_decides_which_vms_change() {
     let gpu_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:18:00.0"];
     let t4_vm = ["-cpu", "host", "-device", "vfio-pci,host=0000:af:00.0"];
     let rewritten = "host,kvm=off,hv-vendor-id=MyFake_KVM";
-    host.add(&PciFunction {
-        address: "0000:af:00.0",
-        vendor: 0x10de,
-        device: 0x1eb8,
-        class: 0x030200,
-        driver: Some("vfio-pci"),
-        iommu_group: Some(60),
-    });
+    host.add(&PciFunction::new(
+        "0000:af:00.0",
+        0x10de,
+        0x1eb8,
+        0x030200,
+        Some("vfio-pci"),
+        Some(60),
+    ));
     let cases: [(&str, &[&str], &str); 13] = [
         ("vga", &gpu_vm, rewritten),
         ("vga", &t4_vm, "host"),

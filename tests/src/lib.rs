@@ -152,6 +152,27 @@ pub struct PciFunction<'a> {
     pub iommu_group: Option<u32>,
 }
 
+impl<'a> PciFunction<'a> {
+    /// `PciFunction::new("0000:18:00.0", 0x10de, 0x1b02, 0x030000, Some("vfio-pci"), Some(30))`
+    pub fn new(
+        address: &'a str,
+        vendor: u16,
+        device: u16,
+        class: u32,
+        driver: Option<&'a str>,
+        iommu_group: Option<u32>,
+    ) -> Self {
+        PciFunction {
+            address,
+            vendor,
+            device,
+            class,
+            driver,
+            iommu_group,
+        }
+    }
+}
+
 /// A fake sysfs tree laid out like a real host's: the function's directory under
 /// `devices/pci0000:BB/`, a `bus/pci/devices/ADDR` link to it, `driver` and
 /// `iommu_group` links, `kernel/iommu_groups/N/devices/ADDR` links back.
