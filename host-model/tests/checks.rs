@@ -208,6 +208,25 @@ fn every_group_shape_gets_its_verdict_and_devices_are_named() {
         .collect();
     assert_eq!(report(&host, &xml, Severity::Warn).1, problems);
     assert_eq!(report(&host, &xml, Severity::Fail).1, problems);
+    // The failing checks, as the ledger's refusal records them.
+    let domain = Domain::from_xml(&xml).expect("domain XML");
+    let report = check_domain(&domain, &paths(&host), &HookConfig::default());
+    let failing: Vec<(&str, Option<String>)> = report
+        .at_least(Severity::Fail)
+        .map(|f| (f.check, f.device.map(|d| d.to_string())))
+        .collect();
+    let on = |a: &str| Some(a.to_owned());
+    assert_eq!(
+        failing,
+        [
+            ("driver", on("0000:3b:00.0")),
+            ("iommu-group", on("0000:5e:00.0")),
+            ("iommu-group", on("0000:af:00.0")),
+            ("iommu-group", on("0000:d8:00.0")),
+            ("device", on("0000:99:00.0")),
+        ]
+    );
+    assert_eq!(report.at_least(Severity::Pass).count(), expected.len());
 }
 
 #[test]
