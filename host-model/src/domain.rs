@@ -774,6 +774,7 @@ mod tests {
              <hostdev mode='subsystem' type='usb' managed='yes'><source><vendor id='0x1234'/><product id='0xbeef'/></source></hostdev>\
              <interface type='hostdev'><source><address type='usb' bus='0' port='1'/></source></interface>\
              <interface type='hostdev'/>\
+             <interface type='direct'><source dev='eth0' mode='passthrough'><address type='pci' domain='0x0000' bus='0x3b' slot='0x00' function='0x1'/></source></interface>\
              <hostdev type='pci' managed='yes'><source><address domain='0x0000' bus='0x18' slot='0x00' function='0x0'/></source></hostdev>\
              </devices></domain>",
         )
