@@ -458,6 +458,11 @@ fn huge_pages_come_from_the_pool_and_nodes_each_guest_cell_maps_to() {
             vec![format!("FAIL hugepages: the VM asks for huge pages of 16.0 GiB, and the host has no such pool: cannot read {}: No such file or directory (os error 2). Fix: reserve them: hugepagesz=16G hugepages=N on the kernel command line", host.sysfs().root().join("kernel/mm/hugepages/hugepages-16777216kB/free_hugepages").display())],
         ),
         (
+            "a page of size 0",
+            gpu_domain(8, &hugepages("<page size='0' unit='KiB'/>")),
+            vec!["FAIL hugepages: a <page> of size 0 names no huge page size. Fix: give the page's size (size='1' unit='G', or size='2' unit='M'), or leave size out for the host's default".into()],
+        ),
+        (
             "a nodeset that is no set",
             gpu_domain(8, &hugepages("<page size='1' unit='G' nodeset='^1'/>")),
             vec!["FAIL hugepages: <page nodeset='^1'> is not a set of guest NUMA cells. Fix: write the nodeset as libvirt does, e.g. 0 or 0-1,3".into()],
@@ -468,22 +473,22 @@ fn huge_pages_come_from_the_pool_and_nodes_each_guest_cell_maps_to() {
         want.extend(expected);
         assert_eq!(memory_lines(&host, &xml), want, "{what}");
     }
-    // Without a default huge page size, a <page> without a size cannot be met.
-    write_file_meminfo_without_hugepagesize(&host);
-    assert_eq!(
-        memory_lines(&host, &gpu_domain(8, &hugepages(""))),
-        [
-            pinned.to_owned(),
-            "FAIL hugepages: the VM asks for huge pages of the default size, and the host has none. Fix: reserve huge pages (hugepagesz=1G hugepages=N on the kernel command line)".to_owned()
-        ]
-    );
-}
-
-fn write_file_meminfo_without_hugepagesize(host: &HostRoot) {
-    integration_tests::write_file(
-        &host.path("proc/meminfo"),
-        "MemTotal:       67108864 kB\nMemFree:        1024 kB\n",
-    );
+    // Without a default huge page size (no line, or 0 kB), a <page> without a size
+    // cannot be met.
+    for hugepagesize in ["", "Hugepagesize:          0 kB\n"] {
+        integration_tests::write_file(
+            &host.path("proc/meminfo"),
+            format!("MemTotal:       67108864 kB\nMemFree:        1024 kB\n{hugepagesize}"),
+        );
+        assert_eq!(
+            memory_lines(&host, &gpu_domain(8, &hugepages(""))),
+            [
+                pinned.to_owned(),
+                "FAIL hugepages: the VM asks for huge pages of the default size, and the host has none. Fix: reserve huge pages (hugepagesz=1G hugepages=N on the kernel command line)".to_owned()
+            ],
+            "{hugepagesize:?}"
+        );
+    }
 }
 
 #[test]

@@ -40,6 +40,18 @@ fn check_hugepages(
     // (page size, host nodes as written or None for anywhere) -> (pages, guest cells)
     let mut demand: BTreeMap<(u64, Option<String>), (u64, Vec<u32>)> = BTreeMap::new();
     for request in requests {
+        if request.size_bytes == Some(0) {
+            findings.push(Finding::problem(
+                Severity::Fail,
+                "hugepages",
+                None,
+                "a <page> of size 0 names no huge page size".into(),
+                "give the page's size (size='1' unit='G', or size='2' unit='M'), or leave \
+                 size out for the host's default"
+                    .into(),
+            ));
+            continue;
+        }
         let Some(size) = request.size_bytes.or(default_size).filter(|s| *s > 0) else {
             findings.push(Finding::problem(
                 Severity::Fail,
