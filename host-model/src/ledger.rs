@@ -955,7 +955,10 @@ mod tests {
             r.checks = Some(vec!["memory".into()]);
             r
         };
+        // Two before the window, one at its start, one inside, one at its end: the
+        // window is [since, until).
         let records = vec![
+            refused("2026-10-31T23:59:58Z"),
             refused("2026-10-31T23:59:59Z"),
             refused("2026-11-01T00:00:00Z"),
             refused("2026-11-30T23:59:59Z"),
