@@ -335,8 +335,7 @@ type FileLines = (Vec<(Timestamp, Line)>, Vec<String>);
 fn read_file(file: &Path, lean: bool) -> io::Result<FileLines> {
     const STOP: &[u8] = br#""event":"stop""#;
     let mut problems = Vec::new();
-    let text = std::fs::read(file)
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot read {}: {e}", file.display())))?;
+    let text = std::fs::read(file).map_err(crate::cannot_read(file))?;
     let mut lines = Vec::with_capacity(text.iter().filter(|&&b| b == b'\n').count() + 1);
     let bad_ts = |i: usize, ts: &str| {
         format!(

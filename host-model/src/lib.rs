@@ -34,6 +34,15 @@ pub fn env_path(var: &str) -> Option<PathBuf> {
         .map(PathBuf::from)
 }
 
+/// For `map_err`: the error of reading `path`, naming it (`cannot read PATH: ERROR`),
+/// its kind kept.
+#[cfg(feature = "host")]
+pub(crate) fn cannot_read(
+    path: &std::path::Path,
+) -> impl FnOnce(std::io::Error) -> std::io::Error + '_ {
+    move |e| std::io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
+}
+
 /// Environment variable that replaces `/sys` (tests, unusual hosts).
 pub const SYSFS_ENV: &str = "GPU_PASSTHROUGH_SYSFS";
 

@@ -15,9 +15,7 @@ impl MemInfo {
     /// Read `PROC/meminfo`.
     pub fn read(proc_root: &Path) -> io::Result<MemInfo> {
         let path = proc_root.join("meminfo");
-        let text = std::fs::read_to_string(&path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(&path).map_err(crate::cannot_read(&path))?;
         Self::parse(&text).ok_or_else(|| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
@@ -50,9 +48,7 @@ impl MemInfo {
 pub fn free_hugepages(sysfs: &Path, page_bytes: u64, nodes: Option<&[u32]>) -> io::Result<u64> {
     let pool = format!("hugepages-{}kB/free_hugepages", page_bytes / 1024);
     let read = |path: &Path| -> io::Result<u64> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            io::Error::new(e.kind(), format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path).map_err(crate::cannot_read(path))?;
         text.trim().parse().map_err(|_| {
             io::Error::new(
                 io::ErrorKind::InvalidData,
